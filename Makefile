@@ -1,0 +1,56 @@
+# The NovoGrad reproduction suite. `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV      ?= uv
+PYTHON  := $(UV) run --frozen python
+# GPUs per node (default: every GPU visible, else 1 CPU process), nodes, and extra Hydra overrides.
+NPROC   ?= $(shell nvidia-smi -L 2>/dev/null | grep -c GPU | sed 's/^0$$/1/' || echo 1)
+NNODES  ?= 1
+ARGS    ?=
+export HF_DATASETS_OFFLINE ?= 1
+export HF_HUB_OFFLINE ?= 1
+
+# One target per paper row, named from its experiment file: configs/experiment/table1/novograd_100ep.yaml
+# becomes `make table1-novograd-100ep`.
+EXPERIMENTS := $(sort $(patsubst configs/experiment/%.yaml,%,$(wildcard configs/experiment/table*/*.yaml)))
+target_name = $(subst _,-,$(subst /,-,$(1)))
+EXPERIMENT_TARGETS := $(foreach e,$(EXPERIMENTS),$(call target_name,$(e)))
+
+.PHONY: help install demo dln test test-all bench-optimizer bench-engine tables $(EXPERIMENT_TARGETS)
+
+help: ## List every target
+	@echo "Usage: make <target> [NPROC=N] [NNODES=N] [ARGS=\"key=value ...\"]"
+	@echo
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-28s %s\n", $$1, $$2}'
+	@echo
+	@echo "Paper rows (torchrun --nproc-per-node=NPROC --nnodes=NNODES -m novograd.train experiment=<row>):"
+	@$(foreach e,$(EXPERIMENTS),printf "  %-28s experiment=%s\n" "$(call target_name,$(e))" "$(e)";)
+
+install: ## Install uv if missing, then the locked environment into .venv
+	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+demo: install ## Install, then reproduce the deep linear network study (Section 4) on the CPU
+	$(MAKE) --no-print-directory dln
+
+dln: ## Deep linear network study: figures, robustness maps and summary in results/dln/
+	$(PYTHON) -m novograd.dln $(ARGS)
+
+test: install ## Install, then run the test suite (CPU, offline; slow and GPU tests deselected)
+	HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen pytest -m "not slow and not gpu" $(ARGS)
+
+test-all: install ## Every test, slow and GPU ones included
+	HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen pytest $(ARGS)
+
+bench-optimizer: ## ms per optimizer step: NovoGrad paths vs torch SGD/AdamW on ResNet-50 shapes
+	$(PYTHON) scripts/bench_optimizer.py $(ARGS)
+
+bench-engine: ## Steps/s through the engine vs a bare PyTorch loop (ResNet smoke, CPU)
+	$(PYTHON) scripts/bench_engine.py $(ARGS)
+
+define EXPERIMENT_RULE
+$(call target_name,$(1)): ## experiment=$(1)
+	$(UV) run --frozen torchrun --nproc-per-node=$$(NPROC) --nnodes=$$(NNODES) $$(TORCHRUN_ARGS) -m novograd.train experiment=$(1) $$(ARGS)
+endef
+$(foreach e,$(EXPERIMENTS),$(eval $(call EXPERIMENT_RULE,$(e))))

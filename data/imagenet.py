@@ -1,0 +1,190 @@
+"""ImageNet (ILSVRC2012) as torchvision ImageFolders, with the paper's standard augmentation.
+
+Layout under `root` (what `scripts/prepare_imagenet.sh` writes): `train/<wnid>/*.JPEG` and `val/<wnid>/*.JPEG`.
+Training: random-resized crop (area `crop_scale`) + horizontal flip; evaluation: resize the short side to
+`eval_resize`, centre crop `image_size` (single crop, as Table 1). Both normalise with the ImageNet mean/std.
+
+Images are decoded with PIL (ImageFolder's default loader) rather than `torchvision.io.decode_jpeg`: ILSVRC2012
+holds CMYK and greyscale JPEGs and one PNG named `.JPEG`, which PIL's `convert("RGB")` handles uniformly, and the
+random-resized crop then resizes the PIL image before it becomes a tensor, the cheap order on CPU workers.
+
+The engine builds the DataLoaders (distributed sampler, workers, pinned memory) from these datasets; nothing here
+knows about processes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PREPARE_SCRIPT = "scripts/prepare_imagenet.sh"
+EXPECTED_LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"
+
+
+class UnreadableImageError(OSError):
+    """An image file that cannot be decoded; the message names the file.
+
+    Takes a single message argument so that a DataLoader worker can re-raise it in the main process as itself.
+    """
+
+
+def _decode_rgb(path: str) -> Image.Image:
+    """Decode `path` fully into an RGB PIL image, or raise `UnreadableImageError` naming it."""
+    try:
+        with open(path, "rb") as file:
+            image = Image.open(file)
+            # convert() forces the full decode here, so a truncated file fails now and not inside a transform.
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(
+            f"cannot decode image {path}: {error}. Replace it with the original from the ILSVRC2012 archive or "
+            "delete it, or set data.skip_corrupt=true to skip unreadable images and count them."
+        ) from error
+
+
+class ImageNetFolder(torch.utils.data.Dataset):
+    """A torchvision ImageFolder that names unreadable files, or skips and counts them when `skip_corrupt`.
+
+    A skipped index yields the next readable sample instead (wrapping around), so the sampler's length and order
+    are unchanged. Unreadable indices live in a shared-memory flag tensor, which DataLoader workers (forked or
+    spawned) write into, so the main process sees every worker's finds. Wraps ImageFolder rather than subclassing
+    it so that this class is importable, and picklable for spawned workers, without importing torchvision.
+    """
+
+    def __init__(self, root: str, transform: Callable[[Image.Image], torch.Tensor], skip_corrupt: bool) -> None:
+        from torchvision.datasets import ImageFolder
+
+        self.folder = ImageFolder(root, transform=transform, loader=_decode_rgb)
+        self.skip_corrupt = skip_corrupt
+        self._unreadable = torch.zeros(len(self.folder), dtype=torch.bool).share_memory_()
+
+    @property
+    def classes(self) -> list[str]:
+        return self.folder.classes
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """(path, class index) pairs in ImageFolder's deterministic (sorted) order."""
+        return self.folder.samples
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not self.skip_corrupt:
+            return self.folder[index]
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            if self._unreadable[candidate]:
+                continue
+            try:
+                return self.folder[candidate]
+            except UnreadableImageError as error:
+                self._unreadable[candidate] = True
+                warnings.warn(f"skipping unreadable image (data.skip_corrupt=true): {error}", stacklevel=2)
+        raise UnreadableImageError(f"no readable image in {self.folder.root}: every file failed to decode")
+
+    @property
+    def unreadable_files(self) -> list[str]:
+        """Paths found unreadable so far (in this process and its DataLoader workers)."""
+        return [self.samples[i][0] for i in torch.nonzero(self._unreadable).flatten().tolist()]
+
+    @property
+    def num_unreadable(self) -> int:
+        """How many distinct files were skipped so far."""
+        return int(self._unreadable.sum())
+
+
+def train_transform(image_size: int, crop_scale: Sequence[float]) -> Callable[[Image.Image], torch.Tensor]:
+    """Random-resized crop + horizontal flip, then a normalised float tensor (the paper's standard augmentation)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), antialias=True),
+            v2.RandomHorizontalFlip(),
+            *_to_normalized_tensor(),
+        ]
+    )
+
+
+def eval_transform(image_size: int, eval_resize: int) -> Callable[[Image.Image], torch.Tensor]:
+    """Resize the short side to `eval_resize`, centre crop `image_size`: the single-crop evaluation of Table 1."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(eval_resize, antialias=True), v2.CenterCrop(image_size), *_to_normalized_tensor()])
+
+
+def _to_normalized_tensor() -> list[Callable[[Any], Any]]:
+    from torchvision.transforms import v2
+
+    # ToPureTensor: batches are plain tensors, not tv_tensors.Image, so channels_last and compile see no subclass.
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.ToPureTensor(),
+    ]
+
+
+def check_layout(root: str | os.PathLike[str]) -> Path:
+    """Return `root` as a Path if it holds non-empty `train/` and `val/` class folders, else a FileNotFoundError
+    that says how to make them."""
+    root = Path(root).expanduser()
+    for split in ("train", "val"):
+        split_dir = root / split
+        has_class_dir = split_dir.is_dir() and any(entry.is_dir() for entry in os.scandir(split_dir))
+        if not has_class_dir:
+            raise FileNotFoundError(
+                f"ImageNet not found: {split_dir} is missing or holds no class folders. Expected {EXPECTED_LAYOUT}. "
+                f"Create it from the official ILSVRC2012 archives with `{PREPARE_SCRIPT} ARCHIVE_DIR {root}`, "
+                "then point data.root (or the IMAGENET_ROOT environment variable) at it."
+            )
+    return root
+
+
+def build_imagenet_datasets(
+    root: str | os.PathLike[str],
+    num_classes: int,
+    image_size: int = 224,
+    eval_resize: int = 256,
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    skip_corrupt: bool = False,
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """The (train, val) ImageFolders under `root`, with the paper's transforms.
+
+    Args:
+        root: directory holding `train/<wnid>/` and `val/<wnid>/`.
+        num_classes: the class folders each split must hold (1000 for ILSVRC2012); a mismatch, e.g. a half-
+            extracted archive, is an error rather than a silently smaller classifier target.
+        image_size: training crop and evaluation centre-crop side.
+        eval_resize: short side the evaluation image is resized to before the centre crop.
+        crop_scale: area range of the random-resized crop, as a fraction of the image.
+        skip_corrupt: skip unreadable images (and count them, see `num_unreadable`) instead of raising.
+    """
+    if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {list(crop_scale)}")
+    if eval_resize < image_size:
+        raise ValueError(f"data.eval_resize ({eval_resize}) must be at least data.image_size ({image_size})")
+    root = check_layout(root)
+    try:
+        train = ImageNetFolder(str(root / "train"), train_transform(image_size, crop_scale), skip_corrupt)
+        val = ImageNetFolder(str(root / "val"), eval_transform(image_size, eval_resize), skip_corrupt)
+    except FileNotFoundError as error:  # class folders without any image file
+        raise FileNotFoundError(
+            f"{error}. Expected {EXPECTED_LAYOUT}; re-run `{PREPARE_SCRIPT}` to complete the extraction."
+        ) from error
+    if train.classes != val.classes or len(train.classes) != num_classes:
+        raise ValueError(
+            f"{root}: train/ has {len(train.classes)} class folders and val/ has {len(val.classes)}, "
+            f"data.num_classes is {num_classes}; they must all agree (re-run `{PREPARE_SCRIPT}`)."
+        )
+    return train, val

@@ -1,0 +1,93 @@
+"""ResNet-50 v2 on ImageNet (Tables 1-3): the model, the datasets, the cross-entropy loss and top-1/top-5 accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from novograd.workload import Workload
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ImageNetWorkload(Workload):
+    """Image classification on ImageNet, or on its synthetic twin when `data.synthetic` is set.
+
+    Built by the engine as `instantiate(cfg.workload, model=cfg.model, data=cfg.data, _recursive_=False)`.
+
+    Args:
+        model: the model config; instantiated with hydra (its `_target_`), with `num_classes` taken from `data`.
+        data: the data config (configs/data/imagenet.yaml documents every key read here).
+
+    Batches are `(images, labels)` already on the model's device: float images (N, 3, H, W) and int64 labels.
+    """
+
+    metric_goals = {"top1": "max", "top5": "max"}
+    primary_metric = "top1"
+    #: A convnet: on CUDA the engine stores the model and the image batches channels-last (faster convolutions).
+    channels_last = True
+
+    def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+        self.model_cfg = model
+        self.data_cfg = data
+
+    def build_model(self) -> nn.Module:
+        from hydra.utils import instantiate
+
+        # The classifier's width comes from the data config alone, so model configs work on any class count.
+        return instantiate(self.model_cfg, num_classes=self.data_cfg["num_classes"])
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        from data.imagenet import build_imagenet_datasets
+
+        data = self.data_cfg
+        root = data["root"]
+        if data.get("synthetic"):
+            from data.synthetic_imagenet import make_synthetic_imagefolder
+
+            root = make_synthetic_imagefolder(num_classes=data["num_classes"], **data["synthetic"])
+        return build_imagenet_datasets(
+            root,
+            num_classes=data["num_classes"],
+            image_size=data["image_size"],
+            eval_resize=data["eval_resize"],
+            crop_scale=tuple(data["crop_scale"]),
+            skip_corrupt=data["skip_corrupt"],
+        )
+
+    def count(self, batch: Batch) -> int:
+        return batch[1].shape[0]
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        images, labels = batch
+        # float(): under autocast the logits may be bf16/fp16; the summed loss is accumulated in fp32.
+        return F.cross_entropy(model(images).float(), labels, reduction="sum")
+
+    def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        return top_k_correct(model(images), labels)
+
+    def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+        count = totals["count"]
+        if count <= 0:
+            raise ValueError("top-1/top-5 need at least one evaluated image; the evaluation set was empty")
+        return {"top1": 100.0 * totals["correct_top1"] / count, "top5": 100.0 * totals["correct_top5"] / count}
+
+
+def top_k_correct(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums for top-1/top-5 accuracy: how many labels are the highest logit, how many are among the 5 highest.
+
+    With fewer than 5 classes (the synthetic twin) top-5 is every class, hence always correct.
+    """
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hits = top == labels.unsqueeze(1)
+    return {
+        "correct_top1": hits[:, 0].sum(),
+        "correct_top5": hits.any(dim=1).sum(),
+        "count": torch.tensor(labels.shape[0], device=labels.device),
+    }

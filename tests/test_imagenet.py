@@ -1,0 +1,322 @@
+"""ImageNet data (real layout, synthetic twin, errors), the prepare script, and the ImageNet workload's metrics."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+
+from data.imagenet import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError, build_imagenet_datasets
+from data.synthetic_imagenet import make_synthetic_imagefolder
+from novograd.workloads.imagenet import ImageNetWorkload, top_k_correct
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    return make_synthetic_imagefolder(num_classes=3, train_images_per_class=4, val_images_per_class=2,
+                                      image_size=40, seed=1, cache_dir=tmp_path_factory.mktemp("synthetic"))
+
+
+def copy_of(root: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(root, tmp_path / "imagenet"))
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(overrides=list(overrides))
+
+
+# --- synthetic twin ---------------------------------------------------------------------------------------------
+
+def test_synthetic_folder_layout_and_determinism(tmp_path):
+    kwargs = dict(num_classes=2, train_images_per_class=3, val_images_per_class=2, image_size=24, seed=5)
+    first = make_synthetic_imagefolder(**kwargs, cache_dir=tmp_path / "a")
+    again = make_synthetic_imagefolder(**kwargs, cache_dir=tmp_path / "a")
+    elsewhere = make_synthetic_imagefolder(**kwargs, cache_dir=tmp_path / "b")
+    other_seed = make_synthetic_imagefolder(**{**kwargs, "seed": 6}, cache_dir=tmp_path / "a")
+    assert again == first and other_seed != first and elsewhere.name == first.name
+    files = sorted(p.relative_to(first) for p in first.rglob("*.JPEG"))
+    assert len(files) == 2 * 3 + 2 * 2
+    assert sorted(p.name for p in (first / "train").iterdir()) == ["n00000000", "n00000001"]
+    assert all((first / f).read_bytes() == (elsewhere / f).read_bytes() for f in files)
+    assert (first / files[0]).read_bytes() != (other_seed / files[0]).read_bytes()
+    with Image.open(first / files[0]) as image:
+        assert image.format == "JPEG" and image.size == (24, 24) and image.mode == "RGB"
+
+
+def test_concurrent_writers_agree_and_leave_no_staging(tmp_path):
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        roots = list(pool.map(lambda _: make_synthetic_imagefolder(num_classes=2, cache_dir=tmp_path), range(6)))
+    assert len(set(roots)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [roots[0].name]  # the losers removed their staging copies
+    assert len(list(roots[0].rglob("*.JPEG"))) == 2 * 8 + 2 * 4
+
+
+# --- datasets and transforms ------------------------------------------------------------------------------------
+
+def test_datasets_decode_and_transform(synthetic_root):
+    train, val = build_imagenet_datasets(synthetic_root, num_classes=3, image_size=32, eval_resize=36)
+    assert (len(train), len(val)) == (12, 6)
+    assert train.classes == val.classes == ["n00000000", "n00000001", "n00000002"]
+    image, label = train[5]
+    assert type(image) is torch.Tensor and image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert label == 1
+    torch.manual_seed(0)
+    crops = [train[0][0] for _ in range(3)]
+    assert not torch.equal(crops[0], crops[1])  # random-resized crop and flip
+    assert torch.equal(val[0][0], val[0][0])  # evaluation is deterministic
+
+
+def test_eval_transform_is_resize_then_center_crop_then_normalize(synthetic_root):
+    _, val = build_imagenet_datasets(synthetic_root, num_classes=3, image_size=32, eval_resize=36)
+    path, _ = val.samples[0]
+    with Image.open(path) as image:  # 40x40: short side to 36, centre 32x32 starts at (2, 2)
+        resized = image.convert("RGB").resize((36, 36), Image.BILINEAR).crop((2, 2, 34, 34))
+    pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255
+    expected = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    torch.testing.assert_close(val[0][0], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "no_val", "empty_class_folders"])
+def test_missing_dataset_names_the_prepare_script(tmp_path, layout):
+    root = tmp_path / "imagenet"
+    if layout != "missing":
+        root.mkdir()
+    if layout in ("no_val", "empty_class_folders"):
+        (root / "train" / "n01440764").mkdir(parents=True)
+    if layout == "empty_class_folders":
+        (root / "val" / "n01440764").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="scripts/prepare_imagenet.sh") as error:
+        build_imagenet_datasets(root, num_classes=1)
+    assert "train/<wnid>" in str(error.value)
+
+
+def test_class_count_mismatch_is_an_error(synthetic_root):
+    with pytest.raises(ValueError, match="3 class folders.*num_classes is 1000"):
+        build_imagenet_datasets(synthetic_root, num_classes=1000)
+
+
+def corrupt_one_image(root: Path) -> tuple[int, str]:
+    """Truncate the second training image of class 0; return its index and path."""
+    path = root / "train" / "n00000000" / "train_0_1.JPEG"
+    path.write_bytes(path.read_bytes()[:200])
+    return 1, str(path)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_corrupt_jpeg_is_an_error_naming_the_file(synthetic_root, tmp_path, num_workers):
+    root = copy_of(synthetic_root, tmp_path)
+    index, path = corrupt_one_image(root)
+    train, _ = build_imagenet_datasets(root, num_classes=3, image_size=32, eval_resize=36)
+    assert train.samples[index][0] == path
+    if num_workers == 0:
+        with pytest.raises(UnreadableImageError, match=f"{path}.*data.skip_corrupt=true"):
+            train[index]
+    else:  # as the engine reads it: the worker's error reaches the main process, still naming the file
+        loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=num_workers)
+        with pytest.raises(UnreadableImageError, match=path):
+            list(loader)
+
+
+def test_skip_corrupt_substitutes_the_next_image_and_counts_across_workers(synthetic_root, tmp_path):
+    root = copy_of(synthetic_root, tmp_path)
+    index, path = corrupt_one_image(root)
+    train, _ = build_imagenet_datasets(root, num_classes=3, image_size=32, eval_resize=36, skip_corrupt=True)
+    loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=1)
+    labels = torch.cat([labels for _, labels in loader])
+    assert len(labels) == len(train)  # the epoch keeps its length
+    assert (train.num_unreadable, train.unreadable_files) == (1, [path])  # found in the worker process
+    assert train[index][1] == train.samples[index + 1][1]
+    assert train.num_unreadable == 1  # counted once per file, not per read
+
+    fresh, _ = build_imagenet_datasets(root, num_classes=3, image_size=32, eval_resize=36, skip_corrupt=True)
+    with pytest.warns(UserWarning, match=f"skipping unreadable image.*{path}"):
+        fresh[index]
+
+
+def test_bad_transform_settings_are_errors(synthetic_root):
+    with pytest.raises(ValueError, match="crop_scale"):
+        build_imagenet_datasets(synthetic_root, num_classes=3, crop_scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="eval_resize"):
+        build_imagenet_datasets(synthetic_root, num_classes=3, image_size=64, eval_resize=32)
+
+
+# --- configs and workload ---------------------------------------------------------------------------------------
+
+def test_data_root_defaults_to_imagenet_root_env(monkeypatch):
+    monkeypatch.setenv("IMAGENET_ROOT", "/somewhere/ilsvrc2012")
+    cfg = compose_config("+data=imagenet", "+model=resnet50_v2")
+    assert cfg.data.root == "/somewhere/ilsvrc2012"
+    assert (cfg.data.num_classes, cfg.data.image_size, cfg.data.eval_resize) == (1000, 224, 256)
+    assert list(cfg.data.crop_scale) == [0.08, 1.0] and cfg.data.skip_corrupt is False
+    monkeypatch.delenv("IMAGENET_ROOT")
+    assert compose_config("+data=imagenet").data.root == "datasets/imagenet"
+
+
+def test_resnet50_config_builds_the_papers_model():
+    cfg = compose_config("+data=imagenet", "+model=resnet50_v2")
+    workload = ImageNetWorkload(model=cfg.model, data=cfg.data)
+    with torch.device("meta"):
+        model = workload.build_model()
+    assert sum(p.numel() for p in model.parameters()) == 25_549_352
+
+
+@pytest.fixture()
+def smoke_workload(tmp_path) -> ImageNetWorkload:
+    cfg = compose_config("+data=imagenet_synthetic", "+model=resnet_v2_tiny",
+                         f"data.synthetic.cache_dir={tmp_path}")
+    # Exactly as the engine builds it.
+    return instantiate({"_target_": "novograd.workloads.imagenet.ImageNetWorkload"},
+                       model=cfg.model, data=cfg.data, _recursive_=False)
+
+
+def test_smoke_workload_end_to_end(smoke_workload, tmp_path):
+    torch.manual_seed(0)
+    model = smoke_workload.build_model()
+    train, val = smoke_workload.build_datasets()
+    assert Path(train.folder.root).parent.parent == tmp_path
+    assert (len(train), len(val), model.fc.out_features) == (4 * 8, 4 * 4, 4)
+    batch = smoke_workload.collate([train[i] for i in range(6)])
+    images, labels = batch
+    assert images.shape == (6, 3, 32, 32) and labels.dtype == torch.int64
+    assert smoke_workload.count(batch) == 6
+    loss = smoke_workload.loss(model, batch)
+    torch.testing.assert_close(loss, F.cross_entropy(model(images), labels) * 6)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        sums = smoke_workload.eval_step(model, smoke_workload.collate([val[i] for i in range(len(val))]))
+    metrics = smoke_workload.eval_metrics({k: v.item() for k, v in sums.items()})
+    assert sums["count"].item() == 16 and 0 <= metrics["top1"] <= 100
+    assert metrics["top5"] == 100.0  # 4 classes: every class is in the top 5
+
+
+def test_top_k_against_hand_computed_ranks():
+    logits = torch.tensor([
+        [0.1, 0.9, 0.3, 0.2, 0.0, 0.5, 0.4],  # ranks: 1, 5, 6, 2, 3 | 0, 4
+        [0.7, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # ranks: 0, 6, 5, 4, 3 | 2, 1
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # ranks: 6, 5, 4, 3, 2 | 1, 0
+        [0.3, 0.2, 0.1, 0.9, 0.8, 0.7, 0.0],  # ranks: 3, 4, 5, 0, 1 | 2, 6
+    ])
+    labels = torch.tensor([1, 3, 0, 1])
+    # row 0: label top-1; row 1: rank 5 (top-5); row 2: rank 7 (miss); row 3: rank 5 (top-5)
+    sums = top_k_correct(logits, labels)
+    assert {k: v.item() for k, v in sums.items()} == {"correct_top1": 1, "correct_top5": 3, "count": 4}
+    # sums over batches add up to the whole set's, which is what makes distributed evaluation exact
+    halves = [top_k_correct(logits[i:i + 2], labels[i:i + 2]) for i in (0, 2)]
+    assert {k: sum(h[k].item() for h in halves) for k in sums} == {k: v.item() for k, v in sums.items()}
+    workload = ImageNetWorkload(model={}, data={})
+    assert workload.eval_metrics({"correct_top1": 1, "correct_top5": 3, "count": 4}) == {"top1": 25.0, "top5": 75.0}
+    assert (workload.primary_metric, workload.metric_goals) == ("top1", {"top1": "max", "top5": "max"})
+    assert workload.channels_last  # a convnet: the engine makes model and batches channels-last on CUDA
+    with pytest.raises(ValueError, match="empty"):
+        workload.eval_metrics({"correct_top1": 0, "correct_top5": 0, "count": 0})
+
+
+# --- scripts/prepare_imagenet.sh on fake archives ---------------------------------------------------------------
+
+def jpeg_bytes(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def add_bytes(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    archive.addfile(info, io.BytesIO(payload))
+
+
+@pytest.fixture()
+def fake_archives(tmp_path) -> Path:
+    """ILSVRC2012-shaped archives: a train tar of per-class tars, a flat val tar, and Kaggle's label CSV."""
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    wnids = ["n01440764", "n01443537"]
+    with tarfile.open(archives / "ILSVRC2012_img_train.tar", "w") as train:
+        for c, wnid in enumerate(wnids):
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w") as class_tar:
+                for i in range(3):
+                    add_bytes(class_tar, f"{wnid}_{i}.JPEG", jpeg_bytes(10 * c + i))
+            add_bytes(train, f"{wnid}.tar", inner.getvalue())
+    val_wnids = ["n01443537", "n01440764", "n01443537"]
+    with tarfile.open(archives / "ILSVRC2012_img_val.tar", "w") as val:
+        for i in range(len(val_wnids)):
+            add_bytes(val, f"ILSVRC2012_val_{i + 1:08d}.JPEG", jpeg_bytes(100 + i))
+    (archives / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\n"
+        + "".join(f"ILSVRC2012_val_{i + 1:08d},{w} 1 2 3 4 {w} 5 6 7 8\n" for i, w in enumerate(val_wnids))
+    )
+    return archives
+
+
+def prepare(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts/prepare_imagenet.sh"), *args], capture_output=True,
+                          text=True, env={**os.environ, "JOBS": "2", **(env or {})}, timeout=60)
+
+
+def test_prepare_script_builds_the_layout_idempotently_and_resumes(fake_archives, tmp_path):
+    out = tmp_path / "imagenet"
+    result = prepare(str(fake_archives), str(out))
+    assert result.returncode == 0, result.stderr
+    assert "6 training and 3 validation images" in result.stdout
+    assert "not the complete official ones" in result.stderr
+    assert sorted(p.name for p in (out / "train" / "n01440764").iterdir()) == [f"n01440764_{i}.JPEG" for i in range(3)]
+    assert sorted(p.name for p in (out / "val" / "n01443537").iterdir()) == \
+        ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000003.JPEG"]
+    assert not list((out / "train").glob("*.tar")) and not (out / "val" / ".staging").exists()
+    train, val = build_imagenet_datasets(out, num_classes=2, image_size=16, eval_resize=18)
+    assert (len(train), len(val)) == (6, 3)
+    assert [(Path(path).name, label) for path, label in val.samples] == [
+        ("ILSVRC2012_val_00000002.JPEG", 0), ("ILSVRC2012_val_00000001.JPEG", 1), ("ILSVRC2012_val_00000003.JPEG", 1)]
+
+    again = prepare(str(fake_archives), str(out))
+    assert again.returncode == 0 and "train: already prepared" in again.stdout and "val: already prepared" in again.stdout
+
+    # An interrupted run: one class and the val split unfinished. The rerun completes exactly those.
+    shutil.rmtree(out / "train" / "n01443537")
+    (out / "train" / ".complete").unlink()
+    shutil.rmtree(out / "val")
+    resumed = prepare(str(fake_archives), str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(p.name for p in (out / "train").iterdir()) == [".complete", "n01440764", "n01443537"]
+    assert len(list(out.rglob("*.JPEG"))) == 9
+
+
+def test_prepare_script_accepts_a_plain_label_file(fake_archives, tmp_path):
+    (fake_archives / "LOC_val_solution.csv").unlink()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"ILSVRC2012_val_{i:08d}.JPEG n01440764\n" for i in (1, 2, 3)))
+    result = prepare(str(fake_archives), str(tmp_path / "out"), env={"VAL_LABELS": str(labels)})
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out" / "val" / "n01440764").iterdir())) == 3
+
+
+def test_prepare_script_errors(fake_archives, tmp_path):
+    usage = prepare()
+    assert usage.returncode == 2 and "Usage: scripts/prepare_imagenet.sh ARCHIVE_DIR" in usage.stderr
+    (fake_archives / "ILSVRC2012_img_val.tar").unlink()
+    missing = prepare(str(fake_archives), str(tmp_path / "out"))
+    assert missing.returncode == 1 and "ILSVRC2012_img_val.tar not found" in missing.stderr
+    no_labels = tmp_path / "no_labels"
+    no_labels.mkdir()
+    for name in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):  # any tar: labels are checked first
+        shutil.copy(fake_archives / "ILSVRC2012_img_train.tar", no_labels / name)
+    unlabeled = prepare(str(no_labels), str(tmp_path / "out2"))
+    assert unlabeled.returncode == 1 and "no validation labels" in unlabeled.stderr
