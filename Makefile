@@ -17,7 +17,7 @@ EXPERIMENTS := $(sort $(patsubst configs/experiment/%.yaml,%,$(wildcard configs/
 target_name = $(subst _,-,$(subst /,-,$(1)))
 EXPERIMENT_TARGETS := $(foreach e,$(EXPERIMENTS),$(call target_name,$(e)))
 
-.PHONY: help install demo dln test test-all bench-optimizer bench-engine tables $(EXPERIMENT_TARGETS)
+.PHONY: help install demo dln test test-all bench-optimizer bench-engine $(EXPERIMENT_TARGETS)
 
 help: ## List every target
 	@echo "Usage: make <target> [NPROC=N] [NNODES=N] [ARGS=\"key=value ...\"]"
@@ -47,7 +47,7 @@ bench-optimizer: ## ms per optimizer step: NovoGrad paths vs torch SGD/AdamW on 
 	$(PYTHON) scripts/bench_optimizer.py $(ARGS)
 
 bench-engine: ## Steps/s through the engine vs a bare PyTorch loop (ResNet smoke, CPU)
-	$(PYTHON) scripts/bench_engine.py $(ARGS)
+	OMP_NUM_THREADS=1 $(PYTHON) scripts/bench_engine.py $(ARGS)
 
 define EXPERIMENT_RULE
 $(call target_name,$(1)): ## experiment=$(1)

@@ -366,3 +366,19 @@ def test_complex_parameter_is_a_clear_error():
 def test_bad_hyperparameters_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NovoGrad([torch.nn.Parameter(torch.ones(1))], **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_cuda_paths_match_cpu_and_state_moves_between_devices(path):
+    cpu = random_problem()
+    train_random(cpu, foreach=False)
+    cuda = [torch.nn.Parameter(p.detach().cuda()) for p in random_problem()]
+    opt = train_random(cuda, **ALL_PATHS[path])
+    for a, b in zip(cpu, cuda):
+        torch.testing.assert_close(a, b.detach().cpu(), rtol=1e-5, atol=1e-6)
+    moved = [torch.nn.Parameter(p.detach().cpu()) for p in cuda]
+    cpu_opt = NovoGrad(moved, lr=0.01)
+    cpu_opt.load_state_dict(opt.state_dict())
+    assert all(s["exp_avg"].device.type == "cpu" for s in cpu_opt.state.values())

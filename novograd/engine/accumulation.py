@@ -1,0 +1,69 @@
+"""Gradient accumulation: k micro-batches on W ranks give the update of one batch of k x W micro-batches.
+
+The workload's loss is a sum over `count` terms (examples or tokens). Each micro-batch backpropagates
+`loss_sum * world_size / global_count`, where `global_count` is the count of the whole optimizer step summed over
+micro-batches and ranks; DDP then averages over ranks (the division by `world_size` cancels the factor), so the
+accumulated gradient is exactly the gradient of the global mean loss, whatever the split. DDP synchronises
+gradients once per optimizer step: `no_sync` covers every micro-batch but the last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from novograd.engine.precision import Precision
+    from novograd.workload import Workload
+
+
+def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """How many micro-batches each rank runs per optimizer step; a ValueError naming the numbers if not whole."""
+    if batch_size <= 0 or micro_batch_size <= 0:
+        raise ValueError(
+            f"trainer.batch_size ({batch_size}) and trainer.micro_batch_size ({micro_batch_size}) must be positive."
+        )
+    per_pass = micro_batch_size * world_size
+    if batch_size % per_pass:
+        hint = (
+            f"set trainer.micro_batch_size to a divisor of {batch_size // world_size}"
+            if batch_size % world_size == 0
+            else f"run a number of processes that divides {batch_size}"
+        )
+        raise ValueError(
+            f"trainer.batch_size={batch_size} (global, per optimizer step) is not a whole multiple of "
+            f"trainer.micro_batch_size={micro_batch_size} x world size {world_size} = {per_pass}: {hint}."
+        )
+    return batch_size // per_pass
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    workload: Workload,
+    micro_batches: list[Any],
+    global_count: float,
+    world_size: int,
+    precision: Precision,
+) -> torch.Tensor:
+    """Forward and backward every micro-batch of one optimizer step; returns this rank's summed loss (detached).
+
+    `model` is the DDP-wrapped (or bare) module; its gradients hold the global-batch mean gradient on return.
+    """
+    scale = world_size / global_count
+    loss_total = torch.zeros((), device=_first_param_device(model))
+    last = len(micro_batches) - 1
+    for index, batch in enumerate(micro_batches):
+        sync = contextlib.nullcontext() if index == last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with precision.autocast():
+                loss_sum = workload.loss(model, batch)
+            precision.backward(loss_sum.float() * scale)
+        loss_total += loss_sum.detach().float()
+    return loss_total
+
+
+def _first_param_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

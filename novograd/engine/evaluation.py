@@ -1,0 +1,49 @@
+"""Distributed evaluation that counts every example exactly once.
+
+Each rank evaluates its unpadded shard (`data.ShardSampler`), sums the workload's per-batch statistics, and one
+all-reduce adds the sums of all ranks; the workload turns the totals into the paper's metrics.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from novograd.engine.distributed import all_reduce_sum, gather_objects
+
+if TYPE_CHECKING:
+    from novograd.engine.precision import Precision
+    from novograd.workload import Workload
+
+
+@torch.no_grad()
+def evaluate(
+    workload: Workload,
+    model: nn.Module,
+    loader: DataLoader,
+    to_device: Callable[[Any], Any],
+    precision: Precision,
+    device: torch.device,
+) -> dict[str, float]:
+    """The workload's metrics over the whole evaluation set. `model` is the bare module (no DDP hooks: ranks may
+    run different numbers of batches)."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, torch.Tensor] = {}
+    for batch in loader:
+        with precision.autocast():
+            stats = workload.eval_step(model, to_device(batch))
+        for name, value in stats.items():
+            value = value.detach().to(device=device, dtype=torch.float64)
+            totals[name] = totals[name] + value if name in totals else value
+    model.train(was_training)
+    # A rank whose shard is empty has no keys; agree on the union so the all-reduce matches across ranks.
+    names = sorted(set().union(*gather_objects(sorted(totals))))
+    if not names:
+        raise ValueError("The evaluation set is empty: there is nothing to evaluate.")
+    stacked = torch.stack([totals.get(name, torch.zeros((), dtype=torch.float64, device=device)) for name in names])
+    summed = all_reduce_sum(stacked).tolist()
+    return workload.eval_metrics(dict(zip(names, summed)))

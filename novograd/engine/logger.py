@@ -1,0 +1,143 @@
+"""Run records on rank 0: `metrics.jsonl` (always), Weights & Biases (unless `logger=none`), a progress bar.
+
+W&B runs offline when no API key is configured (or when WANDB_MODE says so) and prints the `wandb sync` command;
+the run id lives in the checkpoint so a resumed run continues the same W&B run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import netrc
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop records logged after `after_step`: a resumed run re-logs them, so the file never holds a step twice."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= after_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def wandb_api_key_configured() -> bool:
+    """Whether `wandb login` or WANDB_API_KEY provided a key (without importing wandb or touching the network)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1]) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_wandb_mode(configured: str | None) -> str:
+    """`logger.mode` if set, else WANDB_MODE, else online with a key and offline without one."""
+    if configured:
+        return configured
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if wandb_api_key_configured() else "offline"
+
+
+class RunLogger:
+    """Writes metrics of the main rank to every sink; on other ranks every method is a no-op."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        enabled: bool,
+        wandb_settings: dict[str, Any] | None,
+        metric_goals: dict[str, Literal["max", "min"]],
+        run_config: dict[str, Any],
+        run_id: str | None,
+        total_steps: int,
+        start_step: int,
+        show_progress: bool,
+    ) -> None:
+        self.enabled = enabled
+        self.metrics_path = output_dir / METRICS_FILE
+        self.wandb_run = None
+        self.run_id = run_id
+        self.progress = None
+        if not enabled:
+            return
+        truncate_metrics(self.metrics_path, start_step)
+        if wandb_settings is not None:
+            self.wandb_run = self._start_wandb(output_dir, wandb_settings, metric_goals, run_config, run_id)
+            self.run_id = self.wandb_run.id
+        if show_progress:
+            from tqdm import tqdm
+
+            self.progress = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+    @staticmethod
+    def _start_wandb(
+        output_dir: Path,
+        settings: dict[str, Any],
+        metric_goals: dict[str, Literal["max", "min"]],
+        run_config: dict[str, Any],
+        run_id: str | None,
+    ) -> Any:
+        import wandb
+
+        mode = resolve_wandb_mode(settings.get("mode"))
+        run = wandb.init(
+            project=settings["project"],
+            entity=settings.get("entity"),
+            group=settings.get("group"),
+            name=settings["name"],
+            tags=list(settings.get("tags") or []),
+            notes=settings.get("notes"),
+            config=run_config,
+            dir=str(output_dir),
+            id=run_id or uuid.uuid4().hex[:8],  # chosen here so the checkpoint can store it
+            resume="allow",
+            mode=mode,
+        )
+        run.define_metric("trainer/step")
+        run.define_metric("*", step_metric="trainer/step")
+        for name, goal in metric_goals.items():
+            # The run summary shows the best value (highest top-1, lowest WER/PPL) instead of the last one.
+            run.define_metric(f"eval/{name}", summary=goal, step_metric="trainer/step")
+        return run
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.metrics_path.open("a") as file:
+            file.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({"trainer/step": step, **metrics})
+
+    def advance(self, steps: int, postfix: dict[str, str]) -> None:
+        """Move the progress bar (ETA comes from its rate) and show the latest loss, lr and throughput."""
+        if self.progress is not None:
+            self.progress.set_postfix(postfix, refresh=False)
+            self.progress.update(steps)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update({f"final/{k}": v for k, v in summary.items()})
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.wandb_run is not None:
+            offline = self.wandb_run.settings.mode == "offline" or self.wandb_run.offline
+            run_dir = Path(self.wandb_run.dir).parent
+            self.wandb_run.finish()
+            import wandb
+
+            wandb.teardown()  # waits for the W&B service to flush the run to disk before the process moves on
+            if offline:
+                log.info("W&B ran offline; upload the run with:  wandb sync %s", run_dir)
