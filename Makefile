@@ -17,7 +17,7 @@ EXPERIMENTS := $(sort $(patsubst configs/experiment/%.yaml,%,$(wildcard configs/
 target_name = $(subst _,-,$(subst /,-,$(1)))
 EXPERIMENT_TARGETS := $(foreach e,$(EXPERIMENTS),$(call target_name,$(e)))
 
-.PHONY: help install demo dln test test-all bench-optimizer bench-engine $(EXPERIMENT_TARGETS)
+.PHONY: help install demo dln test test-all prepare-imagenet bench-optimizer bench-engine $(EXPERIMENT_TARGETS)
 
 help: ## List every target
 	@echo "Usage: make <target> [NPROC=N] [NNODES=N] [ARGS=\"key=value ...\"]"
@@ -42,6 +42,10 @@ test: install ## Install, then run the test suite (CPU, offline; slow and GPU te
 
 test-all: install ## Every test, slow and GPU ones included
 	HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen pytest $(ARGS)
+
+prepare-imagenet: ## ImageNet train/ and val/ folders from the ILSVRC2012 archives in ARCHIVES=DIR, into IMAGENET_ROOT
+	@test -n "$(ARCHIVES)" -a -n "$(IMAGENET_ROOT)" || { echo "usage: make prepare-imagenet ARCHIVES=/path/to/archives IMAGENET_ROOT=/data/imagenet"; exit 2; }
+	scripts/prepare_imagenet.sh $(ARCHIVES) $(IMAGENET_ROOT)
 
 bench-optimizer: ## ms per optimizer step: NovoGrad paths vs torch SGD/AdamW on ResNet-50 shapes
 	$(PYTHON) scripts/bench_optimizer.py $(ARGS)

@@ -5,8 +5,8 @@ random gradients. After a warm-up (which includes torch.compile for the fused No
 interleaved rounds in one process, so that drifts of the machine (clock, other load) hit all of them alike; the
 median over rounds of the mean ms per `step()` is reported (and the fastest round, the cost without interference
 on a shared machine), with the ratios of medians to torch's fused SGD-momentum and fused AdamW, and the bytes of
-optimizer state. The load average is recorded, because other work on the machine inflates the medians. Results go to results/bench/optimizer.json (optimizer_cuda.json
-with `--device cuda`).
+optimizer state. The load average is recorded, because other work on the machine inflates the medians. Results go
+to results/bench/optimizer.json (optimizer_cuda.json with `--device cuda`).
 
     python scripts/bench_optimizer.py [--device cpu|cuda] [--rounds 30] [--steps 2] [--threads N]
 

@@ -1,5 +1,6 @@
-"""Optimizers of the suite: NovoGrad (the paper's), and the factory that builds it or a torch.optim baseline."""
+"""Optimizers of the suite: NovoGrad (the paper's), LARC, learning-rate schedules, and the factory that builds
+NovoGrad or a torch.optim baseline from a config."""
 
-from novograd.optim.novograd import NovoGrad, novograd
+from novograd.optim.novograd import NovoGrad
 
-__all__ = ["NovoGrad", "novograd"]
+__all__ = ["NovoGrad"]
