@@ -135,7 +135,7 @@ class Trainer:
             cfg.seed,
         )
         eval_sampler = ShardSampler(len(eval_set), context.rank, context.world_size)  # type: ignore[arg-type]
-        pin_memory = context.device.type == "cuda"
+        pin_memory = context.device.type == "cuda" and bool(cfg.data.get("pin_memory", True))
         num_workers = cfg.data.get("num_workers", 0)
         self.train_loader = build_loader(
             train_set, self.train_sampler, trainer_cfg.micro_batch_size, self.workload.collate,
