@@ -17,7 +17,7 @@ EXPERIMENTS := $(sort $(patsubst configs/experiment/%.yaml,%,$(wildcard configs/
 target_name = $(subst _,-,$(subst /,-,$(1)))
 EXPERIMENT_TARGETS := $(foreach e,$(EXPERIMENTS),$(call target_name,$(e)))
 
-.PHONY: help install demo dln test test-all prepare-imagenet bench-optimizer bench-engine $(EXPERIMENT_TARGETS)
+.PHONY: help install demo dln test test-all tables prepare-imagenet bench-optimizer bench-engine $(EXPERIMENT_TARGETS)
 
 help: ## List every target
 	@echo "Usage: make <target> [NPROC=N] [NNODES=N] [ARGS=\"key=value ...\"]"
@@ -42,6 +42,9 @@ test: install ## Install, then run the test suite (CPU, offline; slow and GPU te
 
 test-all: install ## Every test, slow and GPU ones included
 	HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen pytest $(ARGS)
+
+tables: ## The paper's tables with your runs (results/runs/) beside them, in results/tables/
+	$(PYTHON) -m novograd.report.tables $(ARGS)
 
 prepare-imagenet: ## ImageNet train/ and val/ folders from the ILSVRC2012 archives in ARCHIVES=DIR, into IMAGENET_ROOT
 	@test -n "$(ARCHIVES)" -a -n "$(IMAGENET_ROOT)" || { echo "usage: make prepare-imagenet ARCHIVES=/path/to/archives IMAGENET_ROOT=/data/imagenet"; exit 2; }

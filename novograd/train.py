@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")  # the repository's configs/
 
@@ -20,11 +21,14 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Any:
-    """Train the configured experiment; returns the summary's primary metric so Hydra sweepers can optimise it."""
+    """Train the configured experiment; returns the run's summary (final and best metrics)."""
     from novograd.engine import run
 
-    summary = run(cfg)
-    return summary
+    choices = HydraConfig.get().runtime.choices
+    if cfg.get("experiment_name") is None and choices.get("debug") is None:  # a debug run reproduces no row
+        with open_dict(cfg):
+            cfg.experiment_name = choices.get("experiment")
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from novograd.engine.seeding import sample_seed
 
@@ -83,8 +83,11 @@ class PerSampleSeeded(Dataset):
     """Reads `(epoch, index)` keys and runs the inner dataset's `__getitem__` with generators seeded from them.
 
     Random augmentations (torchvision transforms draw from torch's, python's and numpy's global generators) become
-    a pure function of (seed, epoch, index): independent of workers, ranks and resumption. The caller's generator
-    states are restored afterwards, so with `num_workers=0` the training loop's own randomness is untouched.
+    a pure function of (seed, epoch, index): independent of workers, ranks, resumption and of the other samples of
+    the batch. In the main process (`num_workers=0`) the caller's generator states are saved before a batch and
+    restored after it, so the training loop's own randomness is untouched; DataLoader workers skip that, their
+    global generators serve nothing else. Saving and restoring (about 50 us, mostly numpy's state) is done once per
+    batch (`__getitems__`, which the DataLoader's fetcher calls) and only the seeding (a few us) once per sample.
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
@@ -95,20 +98,27 @@ class PerSampleSeeded(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        if get_worker_info() is not None:
+            return [self._seeded_sample(epoch, index) for epoch, index in keys]
+        python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            return [self._seeded_sample(epoch, index) for epoch, index in keys]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+            torch.set_rng_state(torch_state)
+
+    def _seeded_sample(self, epoch: int, index: int) -> Any:
         seed = sample_seed(self.seed, epoch, index)
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only: transforms run on the CPU, and torch.manual_seed would also queue a
-            # lazy CUDA seeding (with a captured stack trace) on every sample.
-            torch.default_generator.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        # The CPU generator only: transforms run on the CPU, and torch.manual_seed would also queue a lazy CUDA
+        # seeding (with a captured stack trace) on every sample.
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        return self.dataset[index]
 
 
 def build_loader(

@@ -1,0 +1,1 @@
+"""Reports: the paper's tables regenerated beside the runs of this suite."""
