@@ -3,8 +3,9 @@
 Both do the same work on the CPU: the ResNet smoke model (resnet_v2_tiny), the synthetic ImageNet twin read through
 the real decode and transform path, global batch 8 as 2 accumulated micro-batches of 4, NovoGrad, the cosine
 schedule. The engine adds its sampler, per-sample seeding, the per-step count all-reduce, logging and the
-preemption check; evaluation and checkpoints are outside the timed windows. Runs are interleaved (engine, bare,
-engine, ...) so that machine noise hits both alike; the ratio of medians is printed (target: >= 0.95).
+preemption check; evaluation and checkpoints are outside the timed windows. Runs are interleaved, and which of the
+two goes first alternates between repeats, so that machine noise and whatever one run leaves behind (allocator,
+caches) hit both alike; the ratio of medians is printed (target: >= 0.95).
 
     python scripts/bench_engine.py [--steps 40] [--repeats 5]
 """
@@ -83,8 +84,11 @@ def main() -> None:
     engine, bare = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
+            if repeat % 2:  # odd repeats run the bare loop first
+                bare.append(bare_steps_per_second(args.steps))
             engine.append(engine_steps_per_second(args.steps, Path(tmp) / f"run{repeat}"))
-            bare.append(bare_steps_per_second(args.steps))
+            if not repeat % 2:
+                bare.append(bare_steps_per_second(args.steps))
             print(f"repeat {repeat}: engine {engine[-1]:.2f} steps/s, bare loop {bare[-1]:.2f} steps/s", flush=True)
     ratio = statistics.median(engine) / statistics.median(bare)
     print(

@@ -121,3 +121,12 @@ def test_checkpoints_keep_the_last_k_and_best(tmp_path: Path) -> None:
 def test_indivisible_batch_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"trainer.batch_size=10 .* trainer.micro_batch_size=4"):
         train(tmp_path, "trainer.batch_size=10", "trainer.micro_batch_size=4")
+
+
+def test_sample_seeds_are_a_function_of_seed_epoch_and_index_only():
+    from novograd.engine.seeding import sample_seeds
+
+    table = sample_seeds(7, 3, 1000)
+    assert (sample_seeds(7, 3, 10) == table[:10]).all()  # the dataset's size does not change a sample's seed
+    assert len(set(table.tolist())) == 1000
+    assert not (sample_seeds(7, 4, 1000) == table).any() and not (sample_seeds(8, 3, 1000) == table).any()

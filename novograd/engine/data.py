@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from novograd.engine.seeding import sample_seed
+from novograd.engine.seeding import sample_seeds
 
 
 class StepAlignedSampler(Sampler[tuple[int, int]]):
@@ -82,17 +82,21 @@ class ShardSampler(Sampler[tuple[int, int]]):
 class PerSampleSeeded(Dataset):
     """Reads `(epoch, index)` keys and runs the inner dataset's `__getitem__` with generators seeded from them.
 
-    Random augmentations (torchvision transforms draw from torch's, python's and numpy's global generators) become
-    a pure function of (seed, epoch, index): independent of workers, ranks, resumption and of the other samples of
-    the batch. In the main process (`num_workers=0`) the caller's generator states are saved before a batch and
-    restored after it, so the training loop's own randomness is untouched; DataLoader workers skip that, their
-    global generators serve nothing else. Saving and restoring (about 50 us, mostly numpy's state) is done once per
-    batch (`__getitems__`, which the DataLoader's fetcher calls) and only the seeding (a few us) once per sample.
+    Random augmentations become a pure function of (seed, epoch, index) whichever global generator they draw from
+    (torchvision's v2 transforms use torch's; v1's RandomChoice/RandomOrder python's; other libraries numpy's),
+    independent of workers, ranks, resumption and of the other samples of the batch. In the main process
+    (`num_workers=0`) the caller's generator states are saved before a batch and restored after it, so the training
+    loop's own randomness is untouched; DataLoader workers skip that, their global generators serve nothing else.
+    Saving and restoring (about 50 us, mostly numpy's state) is done once per batch (`__getitems__`, which the
+    DataLoader's fetcher calls) and only the seeding (a few us) once per sample; the seeds themselves are looked up
+    in a table computed once per epoch (in each process that loads).
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset = dataset
         self.seed = seed
+        self._seeds_epoch: int | None = None
+        self._seeds = np.empty(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -112,7 +116,9 @@ class PerSampleSeeded(Dataset):
             torch.set_rng_state(torch_state)
 
     def _seeded_sample(self, epoch: int, index: int) -> Any:
-        seed = sample_seed(self.seed, epoch, index)
+        if epoch != self._seeds_epoch:
+            self._seeds, self._seeds_epoch = sample_seeds(self.seed, epoch, len(self)), epoch
+        seed = int(self._seeds[index])
         # The CPU generator only: transforms run on the CPU, and torch.manual_seed would also queue a lazy CUDA
         # seeding (with a captured stack trace) on every sample.
         torch.default_generator.manual_seed(seed)

@@ -20,14 +20,16 @@ Three implementations agree to fp32 rounding (``foreach`` / ``fused`` select the
 * single-tensor: a loop over parameters; the readable reference.
 * multi-tensor (``foreach=True``): ``torch._foreach_*`` kernels over all parameters of a device and dtype; the
   per-layer norms stay on the device, so there is no host synchronisation.
-* fused (``fused=True``): the multi-tensor step compiled by ``torch.compile`` (Inductor) into a few fused kernels,
-  on CPU and CUDA. The learning rate is passed as a tensor so schedules do not recompile. The first step of a
-  layer, which runs once, uses the multi-tensor path instead of compiling a second graph.
+* fused (``fused=True``): the step compiled by ``torch.compile`` (Inductor) into a few fused kernels: the
+  multi-tensor step on CUDA, the single-tensor loop on CPU (each layer's norm right before its update, so the
+  update reads the gradient from cache). The learning rate is passed as a tensor so schedules do not recompile.
+  The first step of a layer, which runs once, uses the multi-tensor path instead of compiling a second graph.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 from typing import Any, Iterable, Literal
 
 import torch
@@ -251,7 +253,7 @@ def novograd(
     if fused and torch.jit.is_scripting():
         raise RuntimeError("torch.jit.script is not supported with fused NovoGrad")
     if fused:
-        impl = _fused_novograd
+        impl = partial(_multi_tensor_novograd, compiled=True)
     elif foreach or foreach is None:
         impl = _multi_tensor_novograd
     else:
@@ -313,23 +315,49 @@ def _single_tensor_novograd(
 ) -> None:
     for i, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         state_steps[i] += 1
-        grad = -grad if maximize else grad
         b1, b2, c = _moment_coefficients(
             first_step[i], beta1=beta1, beta2=beta2, grad_averaging=grad_averaging, moment_init=moment_init
         )
-        grad_norm_sq = torch.linalg.vector_norm(grad, dtype=exp_avg_sq.dtype).square()
-        exp_avg_sq.mul_(b2).add_(grad_norm_sq, alpha=1.0 - b2)
-        second_moment = exp_avg_sq
-        if amsgrad:
-            second_moment = torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-        if eps_inside_sqrt:
-            denom = (second_moment + eps).sqrt()
-        else:
-            denom = second_moment.sqrt() + eps
-        update = grad * denom.reciprocal()
-        if weight_decay != 0.0:
-            update = update.add(param, alpha=weight_decay)
-        exp_avg.mul_(b1).add_(update, alpha=c)
+        _single_tensor_update(
+            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sqs[i] if amsgrad else None, lr=lr, beta1=b1, beta2=b2,
+            c=c, eps=eps, weight_decay=weight_decay, eps_inside_sqrt=eps_inside_sqrt, maximize=maximize,
+        )
+
+
+def _single_tensor_update(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    c: float,
+    eps: float,
+    weight_decay: float,
+    eps_inside_sqrt: bool,
+    maximize: bool,
+) -> None:
+    """One NovoGrad update of one layer, with this step's coefficients (AMSGrad when `max_exp_avg_sq` is given)."""
+    grad = -grad if maximize else grad
+    grad_norm_sq = torch.linalg.vector_norm(grad, dtype=exp_avg_sq.dtype).square()
+    exp_avg_sq.mul_(beta2).add_(grad_norm_sq, alpha=1.0 - beta2)
+    second_moment = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        second_moment = torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+    if eps_inside_sqrt:
+        denom = (second_moment + eps).sqrt()
+    else:
+        denom = second_moment.sqrt() + eps
+    update = grad * denom.reciprocal()
+    if weight_decay != 0.0:
+        update = update.add(param, alpha=weight_decay)
+    exp_avg.mul_(beta1).add_(update, alpha=c)
+    if isinstance(lr, Tensor):
+        param.sub_(exp_avg * lr)
+    else:
         param.add_(exp_avg, alpha=-lr)
 
 
@@ -352,38 +380,9 @@ def _multi_tensor_novograd(
     eps_inside_sqrt: bool,
     moment_init: MomentInit,
     maximize: bool,
+    compiled: bool = False,
 ) -> None:
-    torch._foreach_add_(state_steps, 1.0)
-    for first, bucket in _buckets(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, first_step, amsgrad):
-        b1, b2, c = _moment_coefficients(
-            first, beta1=beta1, beta2=beta2, grad_averaging=grad_averaging, moment_init=moment_init
-        )
-        _multi_tensor_update(
-            *bucket, lr=lr, beta1=b1, beta2=b2, c=c, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            eps_inside_sqrt=eps_inside_sqrt, maximize=maximize,
-        )
-
-
-def _fused_novograd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    first_step: list[bool],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    grad_averaging: bool,
-    amsgrad: bool,
-    eps_inside_sqrt: bool,
-    moment_init: MomentInit,
-    maximize: bool,
-) -> None:
+    """The multi-tensor path, or with `compiled` the fused one: the same buckets, the update compiled."""
     torch._foreach_add_(state_steps, 1.0)
     for first, bucket in _buckets(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, first_step, amsgrad):
         b1, b2, c = _moment_coefficients(
@@ -391,11 +390,11 @@ def _fused_novograd(
         )
         hyper = dict(beta1=b1, beta2=b2, c=c, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                      eps_inside_sqrt=eps_inside_sqrt, maximize=maximize)
-        if first:  # runs once per layer: not worth a compiled graph of its own
-            _multi_tensor_update(*bucket, lr=lr, **hyper)
-        else:
+        if compiled and not first:  # a layer's first step runs once: not worth a compiled graph of its own
             lr_tensor = _lr_tensor(lr, bucket[0][0])
-            _compiled_multi_tensor_update()(*bucket, lr=lr_tensor, **hyper)
+            _compiled_update(lr_tensor.device)(*bucket, lr=lr_tensor, **hyper)
+        else:
+            _multi_tensor_update(*bucket, lr=lr, **hyper)
 
 
 def _buckets(
@@ -466,19 +465,56 @@ def _multi_tensor_update(
         torch._foreach_add_(params, exp_avgs, alpha=-lr)
 
 
-_compiled_update = None
+def _layer_by_layer_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    c: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    eps_inside_sqrt: bool,
+    maximize: bool,
+) -> None:
+    """`_single_tensor_update` over a bucket, called like `_multi_tensor_update`: the step compiled on CPU."""
+    for i, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        _single_tensor_update(
+            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sqs[i] if amsgrad else None, lr=lr, beta1=beta1,
+            beta2=beta2, c=c, eps=eps, weight_decay=weight_decay, eps_inside_sqrt=eps_inside_sqrt, maximize=maximize,
+        )
 
 
-def _compiled_multi_tensor_update():
-    """`_multi_tensor_update` compiled once per process (Inductor fuses it into a few kernels per device).
+_compiled_updates: dict[str, Any] = {}
+
+
+def _compiled_update(device: torch.device):
+    """The update compiled once per process and device type (Inductor fuses it into a few kernels).
 
     A new set of tensors (another model, or a layer that skips a step) is a recompilation; past dynamo's
     recompile limit the step still runs, eagerly, with the same results. Not `fullgraph`, for that reason.
+
+    On CPU the step is memory-bound and the layer norms need a pass over the gradients before the update can
+    start. Compiled from the foreach form, all norms come first, and the update then reads every gradient again
+    from memory. The per-layer loop, with Inductor's reordering for peak memory off (it moves every reduction to
+    the front), keeps each norm right before its layer's update, which then finds the gradient in cache (about
+    7% of the step on ResNet-50 shapes with 2 threads). On CUDA the foreach form compiles into a few horizontally
+    fused kernels instead of one or two launches per layer.
     """
-    global _compiled_update
-    if _compiled_update is None:
-        _compiled_update = torch.compile(_multi_tensor_update, dynamic=False)
-    return _compiled_update
+    compiled = _compiled_updates.get(device.type)
+    if compiled is None:
+        if device.type == "cpu":
+            compiled = torch.compile(_layer_by_layer_update, dynamic=False,
+                                     options={"reorder_for_peak_memory": False})
+        else:
+            compiled = torch.compile(_multi_tensor_update, dynamic=False)
+        _compiled_updates[device.type] = compiled
+    return compiled
 
 
 _lr_tensors: dict[tuple[torch.device, torch.dtype], Tensor] = {}
