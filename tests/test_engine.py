@@ -130,3 +130,21 @@ def test_sample_seeds_are_a_function_of_seed_epoch_and_index_only():
     assert (sample_seeds(7, 3, 10) == table[:10]).all()  # the dataset's size does not change a sample's seed
     assert len(set(table.tolist())) == 1000
     assert not (sample_seeds(7, 4, 1000) == table).any() and not (sample_seeds(8, 3, 1000) == table).any()
+
+
+def test_preemption_hands_the_signal_on_to_a_previous_python_handler():
+    """submitit requeues a SLURM job from its own SIGUSR1 handler: it must still run, after the checkpoint."""
+    import os
+    import signal
+
+    from novograd.engine.preemption import PreemptionFlag
+
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        with PreemptionFlag() as flag:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert flag.requested and flag.signal_name == "SIGUSR1" and received == []
+        assert received == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
