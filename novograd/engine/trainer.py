@@ -114,6 +114,9 @@ class Trainer:
         self.channels_last = bool(getattr(self.workload, "channels_last", False)) and context.device.type == "cuda"
         model = model.to(context.device, memory_format=torch.channels_last if self.channels_last else None)
         if trainer_cfg.sync_bn and context.is_distributed:
+            if context.device.type != "cuda":
+                raise ValueError("trainer.sync_bn=true needs CUDA devices (torch's SyncBatchNorm runs only there); "
+                                 "on the CPU keep trainer.sync_bn=false (BatchNorm statistics per micro-batch).")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model  # the bare module: checkpoints and evaluation
         self.optimizer = build_optimizer(cfg.optimizer, model)
