@@ -12,11 +12,15 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")  # the repository's configs/
 
 log = logging.getLogger(__name__)
+
+# `${or_else:${hydra.runtime.choices.experiment},no_experiment}` in configs/config.yaml: a run directory name
+# for runs that choose no experiment (Hydra would print the missing choice as "None").
+OmegaConf.register_new_resolver("or_else", lambda value, default: default if value is None else value, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
