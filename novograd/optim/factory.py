@@ -21,8 +21,15 @@ from torch import nn
 from torch.optim import Optimizer
 
 from novograd.optim.larc import LARC
+from novograd.optim.novograd import NovoGrad
 
-OPTIMIZER_NAMES = ("novograd", "sgd", "adam", "adamw")
+_OPTIMIZER_CLASSES: dict[str, type[Optimizer]] = {
+    "novograd": NovoGrad,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+OPTIMIZER_NAMES = tuple(_OPTIMIZER_CLASSES)
 
 # Keys every config may hold; the factory consumes them rather than passing them to the optimizer class.
 _FACTORY_KEYS = {"name", "exclude_from_weight_decay", "larc"}
@@ -107,16 +114,7 @@ def _build_named(cfg: dict[str, Any], model_or_params: ParamsLike, exclude: bool
     if "betas" in kwargs:
         kwargs["betas"] = _betas(kwargs["betas"])
     groups = param_groups(model_or_params, exclude)
-    return _optimizer_class(name)(groups, **kwargs)
-
-
-def _optimizer_class(name: str) -> type[Optimizer]:
-    if name == "novograd":
-        # Imported here so that the baselines build without the NovoGrad module.
-        from novograd.optim.novograd import NovoGrad
-
-        return NovoGrad
-    return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    return _OPTIMIZER_CLASSES[name](groups, **kwargs)
 
 
 def _instantiate_target(cfg: dict[str, Any], model_or_params: ParamsLike, exclude: bool) -> Optimizer:
@@ -132,14 +130,12 @@ def _instantiate_target(cfg: dict[str, Any], model_or_params: ParamsLike, exclud
 
 
 def _larc_settings(larc_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """LARC's constructor arguments plus `enabled`, with the schema's defaults for absent keys."""
-    settings = {"enabled": False, "trust_coefficient": 0.001, "clip": True, "eps": 1e-8}
-    if larc_cfg is None:
-        return settings
-    unknown = set(larc_cfg) - _LARC_KEYS
+    """`enabled` plus the LARC arguments the config sets (LARC's own defaults for the others)."""
+    settings = dict(larc_cfg or {})
+    unknown = set(settings) - _LARC_KEYS
     if unknown:
         raise ValueError(f"Unknown keys {sorted(unknown)} in optimizer.larc: valid keys are {sorted(_LARC_KEYS)}")
-    settings.update(larc_cfg)
+    settings.setdefault("enabled", False)
     return settings
 
 
