@@ -1,7 +1,7 @@
 """The one interface between the training engine and a task.
 
-The engine knows nothing about images, speech or text: it asks a `Workload` for a model, datasets, a collate
-function, a loss and an evaluation, and does everything else (accumulation, precision, DDP, checkpoints, logging)
+The engine knows nothing about images, speech or text: it asks a `Workload` for a model, datasets, a batch plan,
+a collate function, a loss and an evaluation, and does everything else (accumulation, precision, DDP, checkpoints, logging)
 itself. A new paper workload is a subclass of `Workload` in `novograd/workloads/`, a model in `models/`, a dataset
 module in `data/`, and configs: nothing in the engine changes.
 """
@@ -15,17 +15,26 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from novograd.engine.plans import BatchPlan, CountPlan
+
 
 class Workload(ABC):
     """A paper task as the engine sees it.
 
-    Loss contract: `loss` returns the *sum* of per-example (or per-token) losses and the count they were summed
-    over, never a mean. The engine divides by the count of the whole global batch (all micro-batches on all
-    ranks), so accumulating k micro-batches gives the same update as one batch k times larger.
+    Batching: the workload owns it (as fairseq's tasks do). `batch_plan` says which examples make each optimizer
+    step and how a step is cut into micro-batches (novograd/engine/plans.py: a count of examples, a token budget,
+    length buckets); the engine streams the micro-batches through a DataLoader and normalises by the plan's count.
+
+    Loss contract: `loss` returns the *sum* of per-example (or per-token) losses, never a mean. The engine divides
+    by the plan's count of the whole global batch (all micro-batches on all ranks), so accumulating k micro-batches
+    gives the same update as one batch k times larger.
 
     Evaluation contract: `eval_step` returns *sums* (correct predictions, edit distances, n-gram matches, ...),
-    which the engine adds up over batches and ranks; `eval_metrics` turns the totals into the paper's columns.
-    Sums make distributed evaluation exact without gathering predictions.
+    which the engine adds up over batches and ranks; `eval_metrics` turns the totals of one named evaluation set
+    into the paper's columns. Sums make distributed evaluation exact without gathering predictions.
+
+    State carried between steps (Transformer-XL's memory) lives in the workload: `state_dict`/`load_state_dict`
+    put it in checkpoints, `start_epoch` resets it.
     """
 
     #: The paper's metrics and whether higher or lower is better; the engine tracks the best of each and tells
@@ -40,25 +49,43 @@ class Workload(ABC):
     def build_model(self) -> nn.Module: ...
 
     @abstractmethod
-    def build_datasets(self) -> tuple[Dataset, Dataset]:
-        """(train, eval) datasets. A missing dataset raises an error that names the prepare script."""
+    def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
+        """The training set and the named evaluation sets. A missing dataset raises an error naming its prepare target.
+
+        An evaluation set with a `lengths` array is evaluated in batches of similar length.
+        """
+
+    def batch_plan(self, train_set: Dataset, batch_size: int, micro_batch_size: int, seed: int) -> BatchPlan:
+        """How training batches are formed; the default: `batch_size` random examples per step."""
+        return CountPlan(len(train_set), batch_size, micro_batch_size, seed)  # type: ignore[arg-type]
 
     def collate(self, samples: list[Any]) -> Any:
         """Turn a list of samples into a batch; the default stacks tensors."""
         return torch.utils.data.default_collate(samples)
 
     @abstractmethod
-    def count(self, batch: Any) -> int:
-        """How many loss terms `loss` sums over for this batch (examples, or target tokens), known before forward."""
-
-    @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        """The summed (not averaged) training loss of `batch`; `count(batch)` terms."""
+        """The summed (not averaged) training loss of `batch`; the plan's `count` of terms over the whole step."""
+
+    def pop_train_stats(self) -> dict[str, float]:
+        """Sums the workload gathered since the last call (e.g. skipped infinite losses), logged as `train/<name>`
+        after adding them over ranks."""
+        return {}
 
     @abstractmethod
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         """Sums of evaluation statistics over `batch` (including the number of examples)."""
 
     @abstractmethod
-    def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
-        """The paper's metrics from statistics summed over the whole evaluation set."""
+    def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:
+        """The paper's metrics of evaluation set `eval_set` from statistics summed over the whole set."""
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before the first step of every epoch (and of a resumed one); resets per-epoch state."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's state carried between steps (saved in checkpoints); none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""

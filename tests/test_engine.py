@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from novograd.engine import run
 from novograd.engine.accumulation import accumulation_steps
 from novograd.engine.compose import compose_config
-from novograd.engine.data import ShardSampler, StepAlignedSampler
+from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler
+from novograd.engine.plans import CountPlan
 
 REGRESSION = ["debug=regression", "logger=none"]
 
@@ -37,10 +39,12 @@ def _global_batches(batch: int, micro: int, world: int, start_step: int = 0) -> 
     """Indices of each optimizer step's global batch, gathered over ranks, as sorted lists."""
     per_rank = []
     for rank in range(world):
-        sampler = StepAlignedSampler(50, batch, micro, rank, world, seed=3)
+        sampler = PlannedBatchSampler(CountPlan(50, batch, micro, seed=3), rank, world)
         sampler.set_position(epoch=2, start_step=start_step)
-        indices = [index for epoch, index in sampler]
-        assert len(indices) == len(sampler)
+        micro_batches = list(sampler)
+        assert len(micro_batches) == len(sampler) == sum(n for n, _ in sampler.steps())
+        assert all(count == batch for _, count in sampler.steps())
+        indices = [index for micro_batch in micro_batches for epoch, index in micro_batch]
         per_rank.append([indices[i : i + batch // world] for i in range(0, len(indices), batch // world)])
     return [sorted(sum((rank[step] for rank in per_rank), [])) for step in range(len(per_rank[0]))]
 
@@ -54,9 +58,17 @@ def test_sampler_global_batches_do_not_depend_on_the_layout_and_resume_skips() -
     assert len({i for step in single for i in step}) == 6 * 8  # a permutation: no index twice in an epoch
 
 
-def test_shard_sampler_counts_every_example_once() -> None:
-    shards = [[index for _, index in ShardSampler(11, rank, 4)] for rank in range(4)]
+@pytest.mark.parametrize("lengths", [None, [5, 3, 9, 1, 1, 7, 2, 8, 6, 4, 0]])
+def test_eval_sampler_counts_every_example_once(lengths) -> None:
+    shards = [
+        [index for batch in EvalBatchSampler(11, 2, rank, 4, None if lengths is None else np.array(lengths))
+         for _, index in batch]
+        for rank in range(4)
+    ]
     assert sorted(sum(shards, [])) == list(range(11))
+    if lengths is not None:  # batches of similar length: the two shortest examples together
+        first = next(iter(EvalBatchSampler(11, 2, 0, 4, np.array(lengths))))
+        assert sorted(index for _, index in first) == [3, 10]
 
 
 def test_accumulated_micro_batches_match_one_big_batch(tmp_path: Path) -> None:

@@ -187,20 +187,21 @@ def smoke_workload(tmp_path) -> ImageNetWorkload:
 def test_smoke_workload_end_to_end(smoke_workload, tmp_path):
     torch.manual_seed(0)
     model = smoke_workload.build_model()
-    train, val = smoke_workload.build_datasets()
+    train, eval_sets = smoke_workload.build_datasets()
+    assert list(eval_sets) == ["val"]
+    val = eval_sets["val"]
     assert Path(train.folder.root).parent.parent == tmp_path
     assert (len(train), len(val), model.fc.out_features) == (4 * 8, 4 * 4, 4)
     batch = smoke_workload.collate([train[i] for i in range(6)])
     images, labels = batch
     assert images.shape == (6, 3, 32, 32) and labels.dtype == torch.int64
-    assert smoke_workload.count(batch) == 6
     loss = smoke_workload.loss(model, batch)
     torch.testing.assert_close(loss, F.cross_entropy(model(images), labels) * 6)
     loss.backward()
     model.eval()
     with torch.no_grad():
         sums = smoke_workload.eval_step(model, smoke_workload.collate([val[i] for i in range(len(val))]))
-    metrics = smoke_workload.eval_metrics({k: v.item() for k, v in sums.items()})
+    metrics = smoke_workload.eval_metrics({k: v.item() for k, v in sums.items()}, "val")
     assert sums["count"].item() == 16 and 0 <= metrics["top1"] <= 100
     assert metrics["top5"] == 100.0  # 4 classes: every class is in the top 5
 
@@ -220,11 +221,11 @@ def test_top_k_against_hand_computed_ranks():
     halves = [top_k_correct(logits[i:i + 2], labels[i:i + 2]) for i in (0, 2)]
     assert {k: sum(h[k].item() for h in halves) for k in sums} == {k: v.item() for k, v in sums.items()}
     workload = ImageNetWorkload(model={}, data={})
-    assert workload.eval_metrics({"correct_top1": 1, "correct_top5": 3, "count": 4}) == {"top1": 25.0, "top5": 75.0}
+    assert workload.eval_metrics({"correct_top1": 1, "correct_top5": 3, "count": 4}, "val") == {"top1": 25.0, "top5": 75.0}
     assert (workload.primary_metric, workload.metric_goals) == ("top1", {"top1": "max", "top5": "max"})
     assert workload.channels_last  # a convnet: the engine makes model and batches channels-last on CUDA
     with pytest.raises(ValueError, match="empty"):
-        workload.eval_metrics({"correct_top1": 0, "correct_top5": 0, "count": 0})
+        workload.eval_metrics({"correct_top1": 0, "correct_top5": 0, "count": 0}, "val")
 
 
 # --- scripts/prepare_imagenet.sh on fake archives ---------------------------------------------------------------

@@ -1,15 +1,17 @@
 """Gradient accumulation: k micro-batches on W ranks give the update of one batch of k x W micro-batches.
 
-The workload's loss is a sum over `count` terms (examples or tokens). Each micro-batch backpropagates
-`loss_sum * world_size / global_count`, where `global_count` is the count of the whole optimizer step summed over
-micro-batches and ranks; DDP then averages over ranks (the division by `world_size` cancels the factor), so the
-accumulated gradient is exactly the gradient of the global mean loss, whatever the split. DDP synchronises
-gradients once per optimizer step: `no_sync` covers every micro-batch but the last.
+The workload's loss is a sum over terms (examples or tokens). Each micro-batch backpropagates
+`loss_sum * world_size / global_count`, where `global_count` is the batch plan's count of the whole optimizer
+step (all micro-batches on all ranks, known before any data is loaded); DDP then averages over ranks (the division
+by `world_size` cancels the factor), so the accumulated gradient is exactly the gradient of the global mean loss,
+whatever the split. DDP synchronises gradients once per optimizer step: `no_sync` covers every micro-batch but the
+last.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,19 +45,22 @@ def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) 
 def accumulate_gradients(
     model: nn.Module,
     workload: Workload,
-    micro_batches: list[Any],
+    micro_batches: Iterator[Any],
+    num_micro_batches: int,
     global_count: float,
     world_size: int,
     precision: Precision,
 ) -> torch.Tensor:
-    """Forward and backward every micro-batch of one optimizer step; returns this rank's summed loss (detached).
+    """Forward and backward `num_micro_batches` micro-batches drawn one at a time from `micro_batches` (a step is
+    never held in memory at once); returns this rank's summed loss (detached).
 
     `model` is the DDP-wrapped (or bare) module; its gradients hold the global-batch mean gradient on return.
     """
     scale = world_size / global_count
     loss_total = torch.zeros((), device=_first_param_device(model))
-    last = len(micro_batches) - 1
-    for index, batch in enumerate(micro_batches):
+    last = num_micro_batches - 1
+    for index in range(num_micro_batches):
+        batch = next(micro_batches)
         sync = contextlib.nullcontext() if index == last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with precision.autocast():

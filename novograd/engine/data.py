@@ -1,9 +1,8 @@
-"""Samplers and loaders: layout-independent global batches, exact resume, unpadded evaluation shards.
+"""Samplers and loaders: the workload's batch plan as streamed micro-batches, exact resume, unpadded evaluation.
 
-The training order is a function of (seed, epoch) only: each epoch is a permutation of the dataset cut into global
-batches of `trainer.batch_size`, and every rank takes its micro-batches out of each global batch. Any split into
-micro-batches and ranks therefore sees the same global batches (what makes accumulation exact), and a resumed run
-skips the consumed steps inside the sampler, without loading them.
+The training order is the workload's `BatchPlan`, a function of (seed, epoch) only: every rank takes its
+micro-batches out of each global batch, so any split into micro-batches and ranks sees the same global batches
+(what makes accumulation exact), and a resumed run skips the consumed steps inside the sampler, without loading them.
 """
 
 from __future__ import annotations
@@ -16,67 +15,79 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from novograd.engine.plans import BatchPlan
 from novograd.engine.seeding import sample_seeds
 
 
-class StepAlignedSampler(Sampler[tuple[int, int]]):
-    """This rank's `(epoch, index)` pairs for one epoch, in micro-batch order, from step `start_step` on.
+class PlannedBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This rank's micro-batches of one epoch, as lists of `(epoch, index)` keys, from step `start_step` on.
 
-    Global batch `s` is `perm[s*B:(s+1)*B]` of the epoch's permutation; micro-batch `i` of rank `r` within it is
-    the slice starting at `(i * world_size + r) * micro_batch_size`. The tail of the permutation that does not
-    fill a global batch is dropped (as DistributedSampler's drop_last), so every rank runs the same number of steps.
+    The steps and their micro-batches come from the workload's `BatchPlan`; micro-batch `i` of a step runs on rank
+    `i % world_size`. A resumed run skips the consumed steps here, without loading them. The DataLoader draws
+    micro-batches from this sampler one at a time, so a step is never held in memory at once.
     """
 
-    def __init__(
-        self, dataset_size: int, batch_size: int, micro_batch_size: int, rank: int, world_size: int, seed: int
-    ) -> None:
-        if dataset_size < batch_size:
-            raise ValueError(
-                f"The training set has {dataset_size} examples, fewer than one global batch "
-                f"(trainer.batch_size={batch_size}); lower the batch size or use a larger dataset."
-            )
-        self.dataset_size = dataset_size
-        self.batch_size = batch_size
-        self.micro_batch_size = micro_batch_size
+    def __init__(self, plan: BatchPlan, rank: int, world_size: int) -> None:
+        plan.check_layout(world_size)
+        self.plan = plan
         self.rank = rank
         self.world_size = world_size
-        self.seed = seed
-        self.steps_per_epoch = dataset_size // batch_size
         self.epoch = 0
         self.start_step = 0
+        self._schedule_epoch: int | None = None
+        self._schedule: list[tuple[list[np.ndarray], float]] = []
 
     def set_position(self, epoch: int, start_step: int = 0) -> None:
         """Iterate epoch `epoch` from optimizer step `start_step` (0 for a fresh epoch)."""
-        if not 0 <= start_step <= self.steps_per_epoch:
-            raise ValueError(f"start_step {start_step} outside the epoch's {self.steps_per_epoch} steps.")
+        steps = self.plan.steps_per_epoch(epoch)
+        if not 0 <= start_step <= steps:
+            raise ValueError(f"start_step {start_step} outside the epoch's {steps} steps.")
         self.epoch = epoch
         self.start_step = start_step
 
-    def __len__(self) -> int:
-        return (self.steps_per_epoch - self.start_step) * (self.batch_size // self.world_size)
+    def steps(self) -> list[tuple[int, float]]:
+        """For each remaining step of the epoch: (this rank's number of micro-batches, the step's global count)."""
+        return [(len(micro), count) for micro, count in self._epoch_schedule()[self.start_step :]]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.dataset_size, generator=generator)
-        order = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, -1, self.micro_batch_size)
-        # [steps, micro-batches of all ranks, micro] -> this rank's micro-batches: every world_size-th from rank.
-        mine = order[self.start_step :, self.rank :: self.world_size].reshape(-1)
-        for index in mine.tolist():
-            yield self.epoch, index
-
-
-class ShardSampler(Sampler[tuple[int, int]]):
-    """Evaluation indices `rank, rank + world, ...`: every example on exactly one rank, none padded or repeated."""
-
-    def __init__(self, dataset_size: int, rank: int, world_size: int) -> None:
-        self.indices = range(rank, dataset_size, world_size)
+    def _epoch_schedule(self) -> list[tuple[list[np.ndarray], float]]:
+        if self._schedule_epoch != self.epoch:
+            plan, rank, world = self.plan, self.rank, self.world_size
+            self._schedule = [
+                (plan.micro_batches(step, world)[rank::world], plan.count(step)) for step in plan.epoch_steps(self.epoch)
+            ]
+            self._schedule_epoch = self.epoch
+        return self._schedule
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return sum(len(micro) for micro, _ in self._epoch_schedule()[self.start_step :])
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self.indices:
-            yield 0, index
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.epoch
+        for micro_batches, _ in self._epoch_schedule()[self.start_step :]:
+            for micro_batch in micro_batches:
+                yield [(epoch, index) for index in micro_batch.tolist()]
+
+
+class EvalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This rank's evaluation batches: every example on exactly one rank, none padded or repeated.
+
+    With `lengths` (durations, token counts) the set is sorted by length before it is cut into batches of
+    `batch_size`, so a batch holds examples of similar length; batch `j` runs on rank `j % world_size`.
+    """
+
+    def __init__(
+        self, dataset_size: int, batch_size: int, rank: int, world_size: int, lengths: np.ndarray | None = None
+    ) -> None:
+        order = np.arange(dataset_size) if lengths is None else np.argsort(lengths, kind="stable")
+        batches = [order[start : start + batch_size] for start in range(0, dataset_size, batch_size)]
+        self.batches = batches[rank::world_size]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches:
+            yield [(0, index) for index in batch.tolist()]
 
 
 class PerSampleSeeded(Dataset):
@@ -129,8 +140,7 @@ class PerSampleSeeded(Dataset):
 
 def build_loader(
     dataset: Dataset,
-    sampler: Sampler[tuple[int, int]],
-    batch_size: int,
+    batch_sampler: Sampler[list[tuple[int, int]]],
     collate: Callable[[list[Any]], Any],
     num_workers: int,
     pin_memory: bool,
@@ -139,8 +149,7 @@ def build_loader(
     """A DataLoader over `PerSampleSeeded(dataset)`; workers persist across epochs when there are any."""
     return DataLoader(
         PerSampleSeeded(dataset, seed),
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=batch_sampler,
         collate_fn=collate,
         num_workers=num_workers,
         pin_memory=pin_memory,
@@ -148,5 +157,4 @@ def build_loader(
         # Its own generator: creating an iterator would otherwise draw from the global torch generator and shift
         # the model's randomness whenever an evaluation or a resume creates one more iterator.
         generator=torch.Generator().manual_seed(seed),
-        drop_last=False,
     )

@@ -1,7 +1,7 @@
-"""Distributed evaluation that counts every example exactly once.
+"""Distributed evaluation that counts every example exactly once, on every named evaluation set.
 
-Each rank evaluates its unpadded shard (`data.ShardSampler`), sums the workload's per-batch statistics, and one
-all-reduce adds the sums of all ranks; the workload turns the totals into the paper's metrics.
+Each rank evaluates its unpadded shard of a set (`data.EvalBatchSampler`), sums the workload's per-batch
+statistics, and one all-reduce adds the sums of all ranks; the workload turns the totals into the paper's metrics.
 """
 
 from __future__ import annotations
@@ -19,8 +19,24 @@ if TYPE_CHECKING:
     from novograd.workload import Workload
 
 
-@torch.no_grad()
 def evaluate(
+    workload: Workload,
+    model: nn.Module,
+    loaders: dict[str, DataLoader],
+    to_device: Callable[[Any], Any],
+    precision: Precision,
+    device: torch.device,
+) -> dict[str, float]:
+    """The workload's metrics over every evaluation set, merged (each set's metrics carry its name where the
+    workload names them so, e.g. `wer_dev_clean`)."""
+    metrics: dict[str, float] = {}
+    for name, loader in loaders.items():
+        metrics |= workload.eval_metrics(evaluate_set(workload, model, loader, to_device, precision, device), name)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_set(
     workload: Workload,
     model: nn.Module,
     loader: DataLoader,
@@ -28,8 +44,8 @@ def evaluate(
     precision: Precision,
     device: torch.device,
 ) -> dict[str, float]:
-    """The workload's metrics over the whole evaluation set. `model` is the bare module (no DDP hooks: ranks may
-    run different numbers of batches)."""
+    """The workload's statistics summed over one whole evaluation set and all ranks. `model` is the bare module
+    (no DDP hooks: ranks may run different numbers of batches)."""
     was_training = model.training
     model.eval()
     totals: dict[str, torch.Tensor] = {}
@@ -45,5 +61,4 @@ def evaluate(
     if not names:
         raise ValueError("The evaluation set is empty: there is nothing to evaluate.")
     stacked = torch.stack([totals.get(name, torch.zeros((), dtype=torch.float64, device=device)) for name in names])
-    summed = all_reduce_sum(stacked).tolist()
-    return workload.eval_metrics(dict(zip(names, summed)))
+    return dict(zip(names, all_reduce_sum(stacked).tolist()))

@@ -1,7 +1,8 @@
 """The training loop: micro-batches, accumulation, optimizer steps, evaluation, checkpoints, logging.
 
-The trainer knows no workload: it asks the `Workload` named by `cfg.workload` for model, datasets, collate, loss
-and evaluation, and the optimizer factory and schedule builder for the rest. `run(cfg)` is the whole job.
+The trainer knows no workload: it asks the `Workload` named by `cfg.workload` for model, datasets, batch plan,
+collate, loss and evaluation, and the optimizer factory and schedule builder for the rest. `run(cfg)` is the whole
+job.
 """
 
 from __future__ import annotations
@@ -11,23 +12,27 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from novograd.engine import distributed
-from novograd.engine.accumulation import accumulate_gradients, accumulation_steps
+from novograd.engine.accumulation import accumulate_gradients
 from novograd.engine.batches import to_device
 from novograd.engine.checkpoint import CheckpointManager
-from novograd.engine.data import ShardSampler, StepAlignedSampler, build_loader
+from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import evaluate
 from novograd.engine.logger import RunLogger
 from novograd.engine.precision import Precision, enable_tf32
 from novograd.engine.preemption import PreemptionFlag
 from novograd.engine.seeding import capture_rng_state, configure_determinism, restore_rng_state, seed_everything
-from novograd.workload import Workload
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from novograd.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +102,6 @@ class Trainer:
         self.context = context
         trainer_cfg = cfg.trainer
         self.output_dir = _resolve_output_dir(trainer_cfg.output_dir, context)
-        self.accumulation = accumulation_steps(
-            trainer_cfg.batch_size, trainer_cfg.micro_batch_size, context.world_size
-        )
         configure_determinism(trainer_cfg.deterministic)
         if context.device.type == "cuda":
             enable_tf32()
@@ -108,7 +110,9 @@ class Trainer:
         seed_everything(cfg.seed)
         self.workload: Workload = instantiate(cfg.workload, model=cfg.model, data=cfg.data, _recursive_=False)
         model = self.workload.build_model()
-        train_set, eval_set = self.workload.build_datasets()
+        train_set, eval_sets = self.workload.build_datasets()
+        self.plan = self.workload.batch_plan(train_set, trainer_cfg.batch_size, trainer_cfg.micro_batch_size, cfg.seed)
+        self.train_sampler = PlannedBatchSampler(self.plan, context.rank, context.world_size)  # checks the layout
         seed_everything(cfg.seed + context.rank)
 
         self.channels_last = bool(getattr(self.workload, "channels_last", False)) and context.device.type == "cuda"
@@ -129,33 +133,34 @@ class Trainer:
                 gradient_as_bucket_view=True,
             )
 
-        self.train_sampler = StepAlignedSampler(
-            len(train_set),  # type: ignore[arg-type]
-            trainer_cfg.batch_size,
-            trainer_cfg.micro_batch_size,
-            context.rank,
-            context.world_size,
-            cfg.seed,
-        )
-        eval_sampler = ShardSampler(len(eval_set), context.rank, context.world_size)  # type: ignore[arg-type]
         pin_memory = context.device.type == "cuda" and bool(cfg.data.get("pin_memory", True))
         num_workers = cfg.data.get("num_workers", 0)
         self.train_loader = build_loader(
-            train_set, self.train_sampler, trainer_cfg.micro_batch_size, self.workload.collate,
-            num_workers, pin_memory, cfg.seed,
+            train_set, self.train_sampler, self.workload.collate, num_workers, pin_memory, cfg.seed
         )
-        self.eval_loader = build_loader(
-            eval_set, eval_sampler, trainer_cfg.get("eval_micro_batch_size") or trainer_cfg.micro_batch_size,
-            self.workload.collate, num_workers, pin_memory, cfg.seed,
-        )
+        eval_batch_size = trainer_cfg.get("eval_micro_batch_size") or trainer_cfg.micro_batch_size
+        self.eval_loaders = {
+            name: build_loader(
+                dataset,
+                EvalBatchSampler(len(dataset), eval_batch_size, context.rank, context.world_size,  # type: ignore[arg-type]
+                                 getattr(dataset, "lengths", None)),
+                self.workload.collate, num_workers, pin_memory, cfg.seed,
+            )
+            for name, dataset in eval_sets.items()
+        }
 
-        self.steps_per_epoch = self.train_sampler.steps_per_epoch
-        self.total_steps = int(trainer_cfg.max_steps or trainer_cfg.epochs * self.steps_per_epoch)
+        self.total_steps = int(trainer_cfg.max_steps or self.plan.total_steps(trainer_cfg.epochs))
         if self.total_steps <= 0:
             raise ValueError("Set trainer.epochs or trainer.max_steps to a positive number.")
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps)
         self.precision = Precision(trainer_cfg.precision, context.device)
-        self.grad_clip_norm = trainer_cfg.grad_clip_norm  # read once: a DictConfig lookup costs ~10 us per step
+        # Read once: a DictConfig lookup costs ~10 us, and these are consulted every step.
+        self.grad_clip_norm = trainer_cfg.grad_clip_norm
+        self.intervals = _Intervals(
+            log_steps=trainer_cfg.log_every_steps, eval_steps=trainer_cfg.eval_every_steps,
+            eval_epochs=trainer_cfg.eval_every_epochs, checkpoint_steps=trainer_cfg.checkpoint_every_steps,
+            stop_at_step=trainer_cfg.stop_at_step,
+        )
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer_cfg.keep_last_k)
         self.progress = Progress()
         self.wandb_run_id: str | None = None
@@ -183,10 +188,10 @@ class Trainer:
         )
         self.wandb_run_id = distributed.broadcast_object(self.logger.run_id)
         log.info(
-            "%s: %d steps of %d (%d per epoch), %d micro-batches of %d per rank x %d ranks per step, %s, output %s",
-            _run_name(cfg, self.workload), self.total_steps - self.progress.step, self.total_steps,
-            self.steps_per_epoch, self.accumulation, trainer_cfg.micro_batch_size, context.world_size,
-            trainer_cfg.precision, self.output_dir,
+            "%s: %d steps of %d (%d per epoch), batches of %d %s in micro-batches of up to %d per rank x %d ranks, "
+            "%s, output %s", _run_name(cfg, self.workload), self.total_steps - self.progress.step, self.total_steps,
+            self.plan.steps_per_epoch(self.progress.epoch), trainer_cfg.batch_size, self.plan.unit,
+            trainer_cfg.micro_batch_size, context.world_size, trainer_cfg.precision, self.output_dir,
         )
 
     # ----------------------------------------------------------------------------------------------- checkpoints
@@ -199,6 +204,7 @@ class Trainer:
             "scaler": self.precision.scaler.state_dict(),
             "progress": asdict(self.progress),
             "rng": distributed.gather_objects(capture_rng_state()),
+            "workload": distributed.gather_objects(self.workload.state_dict()),
             "batch_size": self.cfg.trainer.batch_size,
             "wandb_run_id": self.wandb_run_id,
         }
@@ -223,6 +229,8 @@ class Trainer:
         self.precision.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         self.wandb_run_id = state["wandb_run_id"]
+        # Every rank's carried state, merged: state keyed by stream (not by rank) survives a change of world size.
+        self.workload.load_state_dict({key: value for shard in state["workload"] for key, value in shard.items()})
         if len(state["rng"]) == self.context.world_size:
             restore_rng_state(state["rng"][self.context.rank])
         else:
@@ -238,7 +246,7 @@ class Trainer:
     def _evaluate(self) -> bool:
         """Evaluate, log, track the best metrics; True when the primary metric improved."""
         metrics = evaluate(
-            self.workload, self.eval_model, self.eval_loader,
+            self.workload, self.eval_model, self.eval_loaders,
             lambda batch: to_device(batch, self.context.device, self.channels_last),
             self.precision, self.context.device,
         )
@@ -258,13 +266,16 @@ class Trainer:
         return improved
 
     def _epoch_float(self) -> float:
-        return self.progress.epoch + self.progress.step_in_epoch / self.steps_per_epoch
+        return self.progress.epoch + self.progress.step_in_epoch / self.plan.steps_per_epoch(self.progress.epoch)
 
     # -------------------------------------------------------------------------------------------------- training
-    def _optimizer_step(self, micro_batches: list[Any], global_count: float) -> tuple[torch.Tensor, float]:
+    def _optimizer_step(
+        self, micro_batches: Iterator[Any], num_micro_batches: int, global_count: float
+    ) -> tuple[torch.Tensor, float]:
         """One optimizer step over this rank's micro-batches; returns (local loss sum, learning rate used)."""
         loss_sum = accumulate_gradients(
-            self.train_model, self.workload, micro_batches, global_count, self.context.world_size, self.precision
+            self.train_model, self.workload, micro_batches, num_micro_batches, global_count,
+            self.context.world_size, self.precision,
         )
         lr = self.optimizer.param_groups[0]["lr"]
         self.precision.step(self.optimizer, self.model.parameters(), self.grad_clip_norm)
@@ -272,80 +283,27 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, lr
 
-    def fit(self) -> dict[str, Any]:
-        trainer_cfg = self.cfg.trainer
-        progress = self.progress
-        eval_every_steps = trainer_cfg.eval_every_steps
-        eval_every_epochs = trainer_cfg.eval_every_epochs
-        checkpoint_every_steps = trainer_cfg.checkpoint_every_steps
-        stop_at_step = trainer_cfg.stop_at_step
-        log_every = trainer_cfg.log_every_steps
-        device = self.context.device
-        self.train_model.train()
+    def _stop_requested(self, preemption: PreemptionFlag) -> str:
+        """Whether any rank was asked to stop (a signal, or `trainer.stop_at_step`), agreed by all ranks so that
+        they stop at the same step boundary; the reason, or ''."""
+        stop_at_step = self.intervals.stop_at_step
+        planned = stop_at_step is not None and self.progress.step >= stop_at_step
+        votes = distributed.all_reduce_sum(
+            torch.tensor([preemption.requested or planned], dtype=torch.float64, device=self.context.device)
+        ).item()
+        return (preemption.signal_name or f"trainer.stop_at_step={stop_at_step}") if votes else ""
 
-        window_loss = torch.zeros((), device=device)
-        window_count, window_steps, window_start = 0.0, 0, time.perf_counter()
-        run_start, elapsed_before = time.perf_counter(), progress.elapsed_s
+    def fit(self) -> dict[str, Any]:
+        progress = self.progress
+        self.train_model.train()
+        self._window = _LogWindow(self.context.device)
+        self._run_start, self._elapsed_before = time.perf_counter(), progress.elapsed_s
         stop_reason = ""
         with PreemptionFlag() as preemption:
             while progress.step < self.total_steps and not stop_reason:
-                self.train_sampler.set_position(progress.epoch, progress.step_in_epoch)
-                batches = iter(self.train_loader)
-                while progress.step_in_epoch < self.steps_per_epoch and progress.step < self.total_steps:
-                    micro_batches = [
-                        to_device(next(batches), device, self.channels_last) for _ in range(self.accumulation)
-                    ]
-                    local_count = sum(self.workload.count(batch) for batch in micro_batches)
-                    # One small collective per step: the global count that normalises the loss, and whether any
-                    # rank was asked to stop (so all ranks stop at the same step boundary).
-                    planned_stop = stop_at_step is not None and progress.step >= stop_at_step
-                    agreed = distributed.all_reduce_sum(
-                        torch.tensor([local_count, preemption.requested or planned_stop], dtype=torch.float64,
-                                     device=device)
-                    ).tolist()
-                    global_count, stop_votes = agreed
-                    if stop_votes:
-                        stop_reason = preemption.signal_name or f"trainer.stop_at_step={stop_at_step}"
-                        break
-                    loss_sum, lr = self._optimizer_step(micro_batches, global_count)
-                    progress.step += 1
-                    progress.step_in_epoch += 1
-                    window_loss += loss_sum
-                    window_count += global_count
-                    window_steps += 1
-                    if progress.step_in_epoch == self.steps_per_epoch:
-                        progress.epoch += 1
-                        progress.step_in_epoch = 0
-
-                    if window_steps == log_every or progress.step == self.total_steps:
-                        elapsed = time.perf_counter() - window_start
-                        mean_loss = distributed.all_reduce_sum(window_loss).item() / window_count
-                        self.logger.log(progress.step, {
-                            "train/loss": mean_loss, "train/lr": lr, "train/throughput": window_count / elapsed,
-                            "epoch": self._epoch_float(),
-                        })
-                        self.logger.advance(window_steps, {
-                            "loss": f"{mean_loss:.4f}", "lr": f"{lr:.3g}", "items/s": f"{window_count / elapsed:.0f}"
-                        })
-                        window_loss.zero_()
-                        window_count, window_steps, window_start = 0.0, 0, time.perf_counter()
-
-                    epoch_ended = progress.step_in_epoch == 0
-                    due_eval = (eval_every_steps and progress.step % eval_every_steps == 0) or (
-                        epoch_ended and eval_every_epochs and progress.epoch % eval_every_epochs == 0
-                    )
-                    is_last = progress.step == self.total_steps
-                    pause_start = time.perf_counter()
-                    improved = self._evaluate() if due_eval or is_last else False
-                    progress.elapsed_s = elapsed_before + time.perf_counter() - run_start
-                    if due_eval or is_last or (checkpoint_every_steps and progress.step % checkpoint_every_steps == 0):
-                        self._save_checkpoint(is_best=improved)
-                    window_start += time.perf_counter() - pause_start  # throughput counts training time only
-                    if epoch_ended:
-                        break
-
+                stop_reason = self._train_epoch(preemption)
+            progress.elapsed_s = self._elapsed()
             if stop_reason:
-                progress.elapsed_s = elapsed_before + time.perf_counter() - run_start
                 self._save_checkpoint()
             elif progress.last_eval_step != progress.step:
                 # Only reachable when a resumed run finds nothing left to train and no final evaluation yet.
@@ -365,6 +323,65 @@ class Trainer:
             )
         return summary
 
+    def _train_epoch(self, preemption: PreemptionFlag) -> str:
+        """Train from the current position to the end of its epoch (or of training); the stop reason, or ''."""
+        progress = self.progress
+        self.train_sampler.set_position(progress.epoch, progress.step_in_epoch)
+        self.workload.start_epoch(progress.epoch)
+        micro_batches = (
+            to_device(batch, self.context.device, self.channels_last) for batch in self.train_loader
+        )
+        for num_micro_batches, global_count in self.train_sampler.steps():
+            if progress.step >= self.total_steps:
+                break
+            stop_reason = self._stop_requested(preemption)
+            if stop_reason:
+                return stop_reason
+            loss_sum, lr = self._optimizer_step(micro_batches, num_micro_batches, global_count)
+            progress.step += 1
+            progress.step_in_epoch += 1
+            epoch_ended = progress.step_in_epoch == self.plan.steps_per_epoch(progress.epoch)
+            if epoch_ended:
+                progress.epoch += 1
+                progress.step_in_epoch = 0
+            self._window.add(loss_sum, global_count)
+            self._after_step(lr, epoch_ended)
+        return ""
+
+    def _after_step(self, lr: float, epoch_ended: bool) -> None:
+        """Logging, evaluation and checkpoints due after the step just taken."""
+        every, progress = self.intervals, self.progress
+        is_last = progress.step == self.total_steps
+        if self._window.steps == every.log_steps or is_last:
+            self._log_window(lr)
+        due_eval = bool(every.eval_steps and progress.step % every.eval_steps == 0) or bool(
+            epoch_ended and every.eval_epochs and progress.epoch % every.eval_epochs == 0
+        )
+        pause_start = time.perf_counter()
+        improved = self._evaluate() if due_eval or is_last else False
+        if due_eval or is_last or (every.checkpoint_steps and progress.step % every.checkpoint_steps == 0):
+            progress.elapsed_s = self._elapsed()
+            self._save_checkpoint(is_best=improved)
+        self._window.pause(time.perf_counter() - pause_start)  # throughput counts training time only
+
+    def _elapsed(self) -> float:
+        """Training wall time over all segments of the run (a resumed run adds to the stopped one's)."""
+        return self._elapsed_before + time.perf_counter() - self._run_start
+
+    def _log_window(self, lr: float) -> None:
+        window, progress = self._window, self.progress
+        elapsed = window.elapsed()
+        sums = window.reduced_sums(self.workload.pop_train_stats())
+        mean_loss = sums.pop("loss") / window.count
+        throughput = window.count / elapsed
+        self.logger.log(progress.step, {
+            "train/loss": mean_loss, "train/lr": lr, "train/throughput": throughput, "epoch": self._epoch_float(),
+        } | {f"train/{name}": value for name, value in sums.items()})
+        self.logger.advance(window.steps, {
+            "loss": f"{mean_loss:.4f}", "lr": f"{lr:.3g}", f"{self.plan.unit}/s": f"{throughput:.0f}"
+        })
+        window.reset()
+
     def _summary(self, stop_reason: str) -> dict[str, Any]:
         """Final metrics under the paper's column names, the best of each, and how long it took."""
         progress = self.progress
@@ -380,3 +397,46 @@ class Trainer:
         if stop_reason:
             summary |= {"preempted": True, "stop_reason": stop_reason}
         return summary
+
+
+@dataclass(frozen=True)
+class _Intervals:
+    """How often the loop logs, evaluates and checkpoints (null: never), and the planned stop."""
+
+    log_steps: int
+    eval_steps: int | None
+    eval_epochs: int | None
+    checkpoint_steps: int | None
+    stop_at_step: int | None
+
+
+class _LogWindow:
+    """Loss and count of the steps since the last log record, and the training time they took."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)  # on the device: no host sync per step
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.count, self.steps, self.start = 0.0, 0, time.perf_counter()
+
+    def add(self, loss_sum: torch.Tensor, count: float) -> None:
+        self.loss += loss_sum
+        self.count += count
+        self.steps += 1
+
+    def pause(self, seconds: float) -> None:
+        """Leave `seconds` (evaluation, checkpoints) out of the throughput."""
+        self.start += seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def reduced_sums(self, extra: dict[str, float]) -> dict[str, float]:
+        """The window's loss and the workload's `extra` sums, each added over ranks (one all-reduce)."""
+        names = sorted(extra)
+        values = torch.stack([self.loss.double(), *(torch.tensor(float(extra[n]), dtype=torch.float64,
+                                                                 device=self.loss.device) for n in names)])
+        summed = distributed.all_reduce_sum(values).tolist()
+        return {"loss": summed[0]} | dict(zip(names, summed[1:]))

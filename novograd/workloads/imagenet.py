@@ -42,7 +42,7 @@ class ImageNetWorkload(Workload):
         # The classifier's width comes from the data config alone, so model configs work on any class count.
         return instantiate(self.model_cfg, num_classes=self.data_cfg["num_classes"])
 
-    def build_datasets(self) -> tuple[Dataset, Dataset]:
+    def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
         from data.imagenet import build_imagenet_datasets
 
         data = self.data_cfg
@@ -51,7 +51,7 @@ class ImageNetWorkload(Workload):
             from data.synthetic_imagenet import make_synthetic_imagefolder
 
             root = make_synthetic_imagefolder(num_classes=data["num_classes"], **data["synthetic"])
-        return build_imagenet_datasets(
+        train, val = build_imagenet_datasets(
             root,
             num_classes=data["num_classes"],
             image_size=data["image_size"],
@@ -59,9 +59,7 @@ class ImageNetWorkload(Workload):
             crop_scale=tuple(data["crop_scale"]),
             skip_corrupt=data["skip_corrupt"],
         )
-
-    def count(self, batch: Batch) -> int:
-        return batch[1].shape[0]
+        return train, {"val": val}
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         images, labels = batch
@@ -72,7 +70,7 @@ class ImageNetWorkload(Workload):
         images, labels = batch
         return top_k_correct(model(images), labels)
 
-    def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+    def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:
         count = totals["count"]
         if count <= 0:
             raise ValueError("top-1/top-5 need at least one evaluated image; the evaluation set was empty")

@@ -44,7 +44,7 @@ class RegressionWorkload(Workload):
         layers.append(nn.Linear(width, self.data_cfg["out_features"]))
         return nn.Sequential(*layers)
 
-    def build_datasets(self) -> tuple[Dataset, Dataset]:
+    def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
         cfg = self.data_cfg
         generator = torch.Generator().manual_seed(cfg["seed"])
         mixing = torch.randn(cfg["in_features"], cfg["in_features"], generator=generator)
@@ -55,14 +55,11 @@ class RegressionWorkload(Workload):
             noise = cfg["noise"] * torch.randn(size, cfg["out_features"], generator=generator)
             return TensorDataset(inputs, torch.tanh(inputs @ mixing) @ readout + noise)
 
-        return make(cfg["train_size"]), make(cfg["eval_size"])
-
-    def count(self, batch: Batch) -> int:
-        return batch[0].shape[0]
+        return make(cfg["train_size"]), {"eval": make(cfg["eval_size"])}
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         inputs, targets = batch
-        # Per-example squared error averaged over outputs, summed over examples: count() terms.
+        # Per-example squared error averaged over outputs, summed over examples: one term per example.
         return (model(inputs).float() - targets).pow(2).mean(dim=1).sum()
 
     def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
@@ -70,5 +67,5 @@ class RegressionWorkload(Workload):
         squared_error = (model(inputs).float() - targets).pow(2).mean(dim=1).sum()
         return {"squared_error": squared_error, "count": torch.tensor(float(inputs.shape[0]))}
 
-    def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+    def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:
         return {"mse": totals["squared_error"] / totals["count"]}
