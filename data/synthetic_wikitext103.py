@@ -1,7 +1,7 @@
 """Tiny WikiText-103-shaped corpora, written as text and prepared by the real code path (`write_corpus`), so that
 smoke runs and tests read exactly the format of the real corpus.
 
-Two kinds, both over `vocab_size` symbols: `<eos>` and the words `w001`, `w002`, ...
+Two kinds, both over `vocab_size` symbols: `<eos>` and the words `w01`, `w02`, ... (zero-padded to one width).
 
 - **smoke**: every token drawn uniformly and independently. Nothing to learn beyond the marginal; it only has to
   flow through the pipeline. Best possible perplexity: `vocab_size`.

@@ -231,7 +231,9 @@ def load_corpus(root: str | os.PathLike[str], vocab_size: int | None = None) -> 
         )
     for name in (VOCAB_FILE, *(f"{split}.npy" for split in SPLITS)):
         if not (root / name).is_file():
-            raise FileNotFoundError(f"{root / name} is missing; delete {metadata_path}. " + PREPARE_HINT.format(root=root))
+            raise FileNotFoundError(
+                f"{root / name} is missing; delete {metadata_path}. " + PREPARE_HINT.format(root=root)
+            )
     vocab = tuple(read_vocab(root / VOCAB_FILE))
     if len(vocab) != metadata["vocab_size"] or vocab[0] != EOS:
         raise ValueError(f"{root / VOCAB_FILE} does not match {metadata_path}: the corpus is damaged; prepare it again")

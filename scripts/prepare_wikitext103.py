@@ -75,7 +75,6 @@ def text_from_hub(output_dir: Path) -> dict[str, Path]:
     if missing:
         import datasets
 
-        output_dir.mkdir(parents=True, exist_ok=True)
         try:
             hub = datasets.load_dataset(HUB_DATASET, HUB_CONFIG)
         except Exception as error:  # offline, no such dataset, ...: say what else works
@@ -84,6 +83,7 @@ def text_from_hub(output_dir: Path) -> dict[str, Path]:
                 f"When offline, download {OFFICIAL_ZIP} elsewhere and pass --source /path/to/{OFFICIAL_ZIP} (or "
                 "SOURCE=... to make); HF_DATASETS_OFFLINE=1 or HF_HUB_OFFLINE=1 also block the hub."
             ) from error
+        output_dir.mkdir(parents=True, exist_ok=True)
         for split in missing:
             rows = hub[HUB_SPLITS[split]]["text"]
             write_lines((official_line(row) for row in rows), paths[split])
