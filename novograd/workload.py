@@ -68,9 +68,13 @@ class Workload(ABC):
         """The summed (not averaged) training loss of `batch`; the plan's `count` of terms over the whole step."""
 
     def pop_train_stats(self) -> dict[str, float]:
-        """Sums the workload gathered since the last call (e.g. skipped infinite losses), logged as `train/<name>`
-        after adding them over ranks."""
+        """Sums the workload gathered in training since the last call (e.g. skipped infinite losses, padded frames);
+        the engine adds them over ranks and logs `train_metrics` of the totals as `train/<name>`."""
         return {}
+
+    def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """What to log from the totals of `pop_train_stats` (e.g. a padding fraction from two sums)."""
+        return sums
 
     @abstractmethod
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:

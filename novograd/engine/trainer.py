@@ -376,7 +376,7 @@ class Trainer:
         throughput = window.count / elapsed
         self.logger.log(progress.step, {
             "train/loss": mean_loss, "train/lr": lr, "train/throughput": throughput, "epoch": self._epoch_float(),
-        } | {f"train/{name}": value for name, value in sums.items()})
+        } | {f"train/{name}": value for name, value in self.workload.train_metrics(sums).items()})
         self.logger.advance(window.steps, {
             "loss": f"{mean_loss:.4f}", "lr": f"{lr:.3g}", f"{self.plan.unit}/s": f"{throughput:.0f}"
         })
