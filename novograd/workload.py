@@ -85,7 +85,7 @@ class Workload(ABC):
         """The paper's metrics of evaluation set `eval_set` from statistics summed over the whole set."""
 
     def start_epoch(self, epoch: int) -> None:
-        """Called before the first step of every epoch (and of a resumed one); resets per-epoch state."""
+        """Called before the first step of every epoch (not when a run resumes mid-epoch); resets per-epoch state."""
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's state carried between steps (saved in checkpoints); none by default."""

@@ -85,3 +85,18 @@ def test_count_plan_layout_errors_before_training() -> None:
         PlannedBatchSampler(CountPlan(40, 10, 4, seed=0), rank=0, world_size=1)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         CountPlan(5, 8, 4, seed=0)
+
+
+def test_stream_plan_takes_the_next_window_of_every_stream_in_fixed_groups() -> None:
+    from novograd.engine.plans import StreamPlan
+
+    plan = StreamPlan(num_windows=5, num_streams=8, micro_streams=2, tokens_per_window=16)
+    steps = plan.epoch_steps(3)
+    assert steps.tolist() == [[s * 8 + b for b in range(8)] for s in range(5)] == plan.epoch_steps(0).tolist()
+    assert plan.count(steps[0]) == 8 * 16
+    # Each rank always runs the same two groups of streams: their carried memory stays on it.
+    for step in steps:
+        micro = plan.micro_batches(step, 2)
+        assert [(m % 8).tolist() for m in micro[0::2]] == [[0, 1], [4, 5]]
+        assert [(m % 8).tolist() for m in micro[1::2]] == [[2, 3], [6, 7]]
+    assert global_steps(plan, 2) == global_steps(plan, 1)

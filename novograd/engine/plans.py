@@ -12,8 +12,9 @@ the rules that make accumulation, DDP and resume exact:
 3. Plans read lengths (manifest durations, token counts) that the dataset computed once; they never load data.
 
 Plans here: `CountPlan` (a fixed number of examples per step, optionally cut into micro-batches of similar
-length: ImageNet, Jasper) and `TokenBudgetPlan` (steps and micro-batches filled up to a token budget, sentences of
-similar length together: Transformer-big).
+length: ImageNet, Jasper), `StreamPlan` (the next window of every one of B ordered streams: Transformer-XL) and
+`TokenBudgetPlan` (steps and micro-batches filled up to a token budget, sentences of similar length together:
+Transformer-big).
 """
 
 from __future__ import annotations
@@ -107,6 +108,28 @@ class CountPlan(BatchPlan):
 
     def total_steps(self, epochs: int) -> int:
         return epochs * self.steps_per_epoch(0)
+
+
+class StreamPlan(CountPlan):
+    """Step `s` is window `s` of each of `num_streams` ordered streams: example `s * num_streams + b` is the window
+    of stream `b`. No shuffling (the streams are one text in order), the same steps every epoch, and a micro-batch
+    is a fixed contiguous group of `micro_streams` streams, so each stream always runs in the same micro-batch slot
+    of the same rank and its carried state (Transformer-XL's memory) stays where it is used. `count` is the step's
+    target tokens (`tokens_per_window` per stream).
+    """
+
+    unit = "streams"
+
+    def __init__(self, num_windows: int, num_streams: int, micro_streams: int, tokens_per_window: int) -> None:
+        super().__init__(num_windows * num_streams, num_streams, micro_streams, seed=0)
+        self.num_windows = num_windows
+        self.tokens_per_window = tokens_per_window
+
+    def epoch_steps(self, epoch: int) -> np.ndarray:
+        return np.arange(self.num_windows * self.batch_size).reshape(self.num_windows, self.batch_size)
+
+    def count(self, step: np.ndarray) -> float:
+        return float(len(step) * self.tokens_per_window)
 
 
 class TokenBudgetPlan(BatchPlan):

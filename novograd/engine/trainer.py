@@ -327,7 +327,8 @@ class Trainer:
         """Train from the current position to the end of its epoch (or of training); the stop reason, or ''."""
         progress = self.progress
         self.train_sampler.set_position(progress.epoch, progress.step_in_epoch)
-        self.workload.start_epoch(progress.epoch)
+        if progress.step_in_epoch == 0:  # not when resuming mid-epoch: carried state comes from the checkpoint
+            self.workload.start_epoch(progress.epoch)
         micro_batches = (
             to_device(batch, self.context.device, self.channels_last) for batch in self.train_loader
         )
