@@ -33,6 +33,7 @@ tighten the training filters further at load time (e.g. [O]'s 56-token limit) wi
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import itertools
@@ -145,14 +146,13 @@ class TranslationDataset(torch.utils.data.Dataset):
             raise ValueError(f"{self.root} holds no split {split!r}; it holds {sorted(self.meta['splits'])}")
         self.split = split
         self.split_dir = self.root / split
-        self._offsets = {side: np.load(self.split_dir / f"{side}.offsets.npy", mmap_mode="r") for side in SIDES}
-        src_lengths, tgt_lengths = (np.diff(self._offsets[side]) for side in SIDES)
+        self._arrays: dict[str, np.ndarray] = {}
+        src_lengths, tgt_lengths = (np.diff(self._array(f"{side}.offsets")) for side in SIDES)
         self._pairs = self._filter(src_lengths, tgt_lengths, max_len, max_len_ratio)
         if self._pairs is not None:
             src_lengths, tgt_lengths = src_lengths[self._pairs], tgt_lengths[self._pairs]
         self.src_lengths: np.ndarray = src_lengths
         self.tgt_lengths: np.ndarray = tgt_lengths
-        self._tokens: dict[str, np.ndarray] = {}
 
     def _filter(
         self, src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_len: int | None, max_len_ratio: float | None
@@ -169,15 +169,16 @@ class TranslationDataset(torch.utils.data.Dataset):
                     f"pairs beyond it were dropped. Re-run scripts/prepare_wmt14.py --{flag} {value} (or lower "
                     f"data.{name})."
                 )
-        keep = pair_filter(src_lengths, tgt_lengths, max_len or prepared["max_len"],
-                           max_len_ratio or prepared["max_len_ratio"]) == KEPT
+        max_len = prepared["max_len"] if max_len is None else max_len
+        max_len_ratio = prepared["max_len_ratio"] if max_len_ratio is None else max_len_ratio
+        keep = pair_filter(src_lengths, tgt_lengths, max_len, max_len_ratio) == KEPT
         return None if keep.all() else np.flatnonzero(keep)
 
     @property
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
 
-    @property
+    @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         return Tokenizer(self.root / "spm.model")
 
@@ -207,14 +208,18 @@ class TranslationDataset(torch.utils.data.Dataset):
         return self._sentence("src", pair), self._sentence("tgt", pair)
 
     def _sentence(self, side: str, pair: int) -> torch.Tensor:
-        if side not in self._tokens:
-            self._tokens[side] = np.load(self.split_dir / f"{side}.tokens.npy", mmap_mode="r")
-        offsets = self._offsets[side]
-        ids = self._tokens[side][offsets[pair] : offsets[pair + 1]]
+        offsets = self._array(f"{side}.offsets")
+        ids = self._array(f"{side}.tokens")[offsets[pair] : offsets[pair + 1]]
         return torch.from_numpy(ids.astype(np.int64))
 
+    def _array(self, name: str) -> np.ndarray:
+        """`split_dir/name.npy`, memory-mapped on first use in this process."""
+        if name not in self._arrays:
+            self._arrays[name] = np.load(self.split_dir / f"{name}.npy", mmap_mode="r")
+        return self._arrays[name]
+
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_tokens": {}}
+        return {**self.__dict__, "_arrays": {}}  # a pickled memmap would carry a copy of its whole array
 
 
 def collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int = PAD_ID) -> dict[str, torch.Tensor]:
@@ -321,7 +326,10 @@ def prepare_translation_data(
     root.mkdir(parents=True, exist_ok=True)
     (root / "meta.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
     for leftover in root.glob(".*.*"):  # staging files and directories of an interrupted run
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
     spm_params = {
         "model_type": "bpe",
         "vocab_size": vocab_size,
@@ -351,7 +359,7 @@ def prepare_translation_data(
         "languages": {"src": languages[0], "tgt": languages[1]},
         "vocab_size": tokenizer.vocab_size,
         "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
-        "length_counts": "subword tokens + EOS",
+        "length": "subword tokens + EOS",
         "filters": {"max_len": max_len, "max_len_ratio": max_len_ratio, "applied_to": TRAIN_SPLIT},
         "sentencepiece": spm_params,
         "source": source,
@@ -440,7 +448,6 @@ def _encode_split(
             return info["counts"]
     log(f"encoding {split} from {files[0]} and {files[1]}")
     staging = root / f".{split}.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         counts = _write_split(staging, files, tokenizer, stamp["filters"], num_threads)
