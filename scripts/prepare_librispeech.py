@@ -88,6 +88,7 @@ def prepare(archives: Path, root: Path, splits: tuple[str, ...] = SPLITS) -> dic
             print(f"{split}: {manifest} exists, skipped")
         else:
             start = time.perf_counter()
+            print(f"{split}: extracting {archive} and reading FLAC headers ...", flush=True)
             split_dir = extract_split(archive, split, root)
             count = write_manifest(split_dir, manifest)
             print(f"{split}: {count} utterances, {manifest} ({time.perf_counter() - start:.0f} s)")
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archives", type=Path, required=True, help="folder holding the <split>.tar.gz archives")
     parser.add_argument("--root", type=Path, required=True, help="output folder (data.root / LIBRISPEECH_ROOT)")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="default: all seven")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), metavar="SPLIT",
+                        help=f"any of {', '.join(SPLITS)} (default: all seven)")
     args = parser.parse_args(argv)
     prepare(args.archives, args.root, tuple(args.splits))
     print(f"done: train with LIBRISPEECH_ROOT={args.root} (or data.root={args.root})")
