@@ -9,9 +9,10 @@ of a batch at once:
 - a sentence is done when even its best alive hypothesis cannot beat its worst finished one: log-probabilities
   only fall and the penalty grows with length, so an alive hypothesis scores at most its log-probability divided
   by the penalty of the longest allowed length; or when it reaches its length limit.
-The best finished hypothesis is the translation. Unlike a search that stops at the first K finished hypotheses
-(fairseq), this one may keep a beam of one going past the greedy EOS while a longer hypothesis could still score
-better, so beam 1 is greedy decoding only when alpha is 0.
+The best finished hypothesis is the translation. Unlike fairseq's search, which stops at the first K finished
+hypotheses, this one goes on while a longer hypothesis could still score better; so even beam 1 is not greedy
+decoding: its alive hypothesis follows the greedy path past greedy's EOS, every EOS extension on the way
+competes for the finished slot, and the result is greedy's hypothesis or one that scores better.
 
 Where this differs from OpenSeq2Seq, it is for batching and follows fairseq: the length limit is per sentence,
 max_len_a * source length + max_len_b tokens before EOS (source length counts the non-pad tokens; OpenSeq2Seq

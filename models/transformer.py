@@ -114,28 +114,13 @@ class FeedForward(nn.Module):
         return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
 
 
-class ResidualLayer(nn.Module):
-    """Where a layer's LayerNorms sit around its residual sublayers.
+class TransformerLayer(nn.Module):
+    """What encoder and decoder layers share: self-attention and feed-forward sublayers, each with a LayerNorm,
+    and where those norms sit around the residual connections.
 
     Post-norm (Vaswani et al.): x = norm(x + dropout(sublayer(x))). Pre-norm: x = x + dropout(sublayer(norm(x))).
     A layer calls `sublayer_input(x, norm)` for what its sublayer reads and `add(x, out, norm)` for the sum.
     """
-
-    def __init__(self, dropout: float, pre_norm: bool) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.pre_norm = pre_norm
-
-    def sublayer_input(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
-        return norm(x) if self.pre_norm else x
-
-    def add(self, x: Tensor, sublayer_output: Tensor, norm: nn.LayerNorm) -> Tensor:
-        x = x + self.dropout(sublayer_output)
-        return x if self.pre_norm else norm(x)
-
-
-class EncoderLayer(ResidualLayer):
-    """Self-attention over the source, then the feed-forward block."""
 
     def __init__(
         self,
@@ -147,11 +132,24 @@ class EncoderLayer(ResidualLayer):
         activation_dropout: float,
         pre_norm: bool,
     ) -> None:
-        super().__init__(dropout, pre_norm)
+        super().__init__()
         self.self_attn = MultiheadAttention(d_model, num_heads, attention_dropout)
         self.self_attn_norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ff, activation_dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def sublayer_input(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
+        return norm(x) if self.pre_norm else x
+
+    def add(self, x: Tensor, sublayer_output: Tensor, norm: nn.LayerNorm) -> Tensor:
+        x = x + self.dropout(sublayer_output)
+        return x if self.pre_norm else norm(x)
+
+
+class EncoderLayer(TransformerLayer):
+    """Self-attention over the source, then the feed-forward block."""
 
     def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
         h = self.sublayer_input(x, self.self_attn_norm)
@@ -160,7 +158,7 @@ class EncoderLayer(ResidualLayer):
         return self.add(x, self.ffn(self.sublayer_input(x, self.ffn_norm)), self.ffn_norm)
 
 
-class DecoderLayer(ResidualLayer):
+class DecoderLayer(TransformerLayer):
     """Causal self-attention, attention over the encoder output, then the feed-forward block."""
 
     def __init__(
@@ -173,13 +171,9 @@ class DecoderLayer(ResidualLayer):
         activation_dropout: float,
         pre_norm: bool,
     ) -> None:
-        super().__init__(dropout, pre_norm)
-        self.self_attn = MultiheadAttention(d_model, num_heads, attention_dropout)
-        self.self_attn_norm = nn.LayerNorm(d_model)
+        super().__init__(d_model, num_heads, d_ff, dropout, attention_dropout, activation_dropout, pre_norm)
         self.cross_attn = MultiheadAttention(d_model, num_heads, attention_dropout)
         self.cross_attn_norm = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, d_ff, activation_dropout)
-        self.ffn_norm = nn.LayerNorm(d_model)
 
     def forward(
         self, x: Tensor, memory_kv: KeysValues, src_mask: Tensor, past_kv: KeysValues | None = None
@@ -349,10 +343,10 @@ def label_smoothed_nll_loss(
     """Label-smoothed cross-entropy and plain NLL, each summed over the non-pad target tokens, in fp32.
 
     The smoothed target puts 1 - epsilon on the reference token and spreads epsilon uniformly over the whole
-    vocabulary (epsilon / V on every token, the reference included): the definition of fairseq at the paper's
-    time (v0.6-0.9), of OpenSeq2Seq, and of `F.cross_entropy(label_smoothing=epsilon)`. Later fairseq versions
-    spread epsilon over the V - 1 other tokens instead; with V = 8192 the two differ by a factor 1 + 1/8191 on
-    the smoothing term.
+    vocabulary (epsilon / V on every token, the reference included): fairseq's definition in 2019, the paper's
+    time, and `F.cross_entropy(label_smoothing=epsilon)`'s (tests/test_transformer.py). The authors' OpenSeq2Seq
+    loss and later fairseq versions spread epsilon over the V - 1 other tokens instead (OpenSeq2Seq also subtracts
+    the constant entropy of the smoothed target): at V = 8192 the target weights differ by 1/8192 of epsilon.
 
     Args:
         logits: (..., V) in any dtype; the log-softmax is taken in fp32.
