@@ -17,7 +17,7 @@ EXPERIMENTS := $(sort $(patsubst configs/experiment/%.yaml,%,$(wildcard configs/
 target_name = $(subst _,-,$(subst /,-,$(1)))
 EXPERIMENT_TARGETS := $(foreach e,$(EXPERIMENTS),$(call target_name,$(e)))
 
-.PHONY: help install demo dln test test-all tables prepare-imagenet bench-optimizer bench-engine $(EXPERIMENT_TARGETS)
+.PHONY: help install demo dln test test-all tables prepare-imagenet prepare-librispeech prepare-wikitext103 prepare-wmt14 bench-optimizer bench-engine $(EXPERIMENT_TARGETS)
 
 help: ## List every target
 	@echo "Usage: make <target> [NPROC=N] [NNODES=N] [ARGS=\"key=value ...\"]"
@@ -49,6 +49,18 @@ tables: ## The paper's tables with your runs (results/runs/) beside them, in res
 prepare-imagenet: ## ImageNet train/ and val/ folders from the ILSVRC2012 archives in ARCHIVES=DIR, into IMAGENET_ROOT
 	@test -n "$(ARCHIVES)" -a -n "$(IMAGENET_ROOT)" || { echo "usage: make prepare-imagenet ARCHIVES=/path/to/archives IMAGENET_ROOT=/data/imagenet"; exit 2; }
 	scripts/prepare_imagenet.sh $(ARCHIVES) $(IMAGENET_ROOT)
+
+prepare-librispeech: ## LibriSpeech FLACs + JSON-lines manifests from the official archives in ARCHIVES=DIR, into LIBRISPEECH_ROOT
+	@test -n "$(ARCHIVES)" -a -n "$(LIBRISPEECH_ROOT)" || { echo "usage: make prepare-librispeech ARCHIVES=/path/to/archives LIBRISPEECH_ROOT=/data/librispeech"; exit 2; }
+	$(PYTHON) scripts/prepare_librispeech.py --archives $(ARCHIVES) --root $(LIBRISPEECH_ROOT)
+
+prepare-wikitext103: ## WikiText-103 vocabulary and token arrays into WT103_ROOT, from SOURCE=hub (default, online) or the official zip/folder
+	@test -n "$(WT103_ROOT)" || { echo "usage: make prepare-wikitext103 WT103_ROOT=/data/wikitext103 [SOURCE=hub|/path/to/wikitext-103-v1.zip]"; exit 2; }
+	HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 $(PYTHON) scripts/prepare_wikitext103.py --root $(WT103_ROOT) --source $(or $(SOURCE),hub)
+
+prepare-wmt14: ## WMT14 en-de joint BPE (8192) and token arrays into WMT14_ROOT, from SOURCE=hub (default, online) or local text files
+	@test -n "$(WMT14_ROOT)" || { echo "usage: make prepare-wmt14 WMT14_ROOT=/data/wmt14 [SOURCE=hub|/path/to/text]"; exit 2; }
+	HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 $(PYTHON) scripts/prepare_wmt14.py --root $(WMT14_ROOT) --source $(or $(SOURCE),hub)
 
 bench-optimizer: ## ms per optimizer step: NovoGrad paths vs torch SGD/AdamW on ResNet-50 shapes
 	$(PYTHON) scripts/bench_optimizer.py $(ARGS)

@@ -1,4 +1,4 @@
-"""Every paper row of Tables 1-3 composes and holds the paper's hyperparameters (hyperparameters.md)."""
+"""Every paper row composes and holds the paper's hyperparameters (docs/hyperparameters.md)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,73 @@ PAPER_ROWS = {
 }
 
 
+# Tables 4-5 (Jasper): optimizer, lr, weight decay, global batch (utterances), warmup ratio.
+JASPER_ROWS = {
+    "table4/novograd": ("novograd", 0.02, 0.001, 256, 0.0),
+    "table4/sgd": ("sgd", 0.01, 0.001, 256, 0.0),
+    "table4/adam": ("adam", 0.001, 0.001, 256, 0.0),
+    "table5/novograd_b512": ("novograd", 0.015, 0.001, 512, 0.0),
+    "table5/novograd_b4k": ("novograd", 0.03, 0.001, 4096, 0.05),
+    "table5/novograd_b8k": ("novograd", 0.06, 0.001, 8192, 0.05),
+    "table5/novograd_b16k": ("novograd", 0.06, 0.003, 16384, 0.05),
+    "table5/novograd_b32k": ("novograd", 0.06, 0.004, 32768, 0.08),
+}
+# Table 6 (Transformer-XL): optimizer, lr, weight decay, steps (tokens / 32,768, rounded up).
+TXL_ROWS = {
+    "table6/adam_12b": ("adam", 0.00025, 0.0, 366_211),
+    "table6/adamw_12b": ("adamw", 0.00025, 0.001, 366_211),
+    "table6/novograd_12b": ("novograd", 0.01, 0.0, 366_211),
+    "table6/novograd_20b": ("novograd", 0.01, 0.0, 610_352),
+}
+
+
 def test_every_experiment_file_is_a_paper_row() -> None:
     files = {str(p.relative_to(CONFIG_DIR / "experiment").with_suffix("")) for p in CONFIG_DIR.glob("experiment/table*/*.yaml")}
-    assert files == set(PAPER_ROWS)
+    assert files == set(PAPER_ROWS) | set(JASPER_ROWS) | set(TXL_ROWS)
+
+
+@pytest.mark.parametrize("row", sorted(JASPER_ROWS))
+def test_jasper_rows_hold_the_paper_hyperparameters(row: str) -> None:
+    optimizer, lr, weight_decay, batch, warmup_ratio = JASPER_ROWS[row]
+    cfg = compose_config([f"experiment={row}"], output_dir="unused")
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == (optimizer, lr, weight_decay)
+    assert dict(cfg.optimizer.larc) == {"enabled": True, "trust_coefficient": 0.001, "clip": True, "eps": 1e-7}
+    assert (cfg.scheduler.name, cfg.scheduler.power, cfg.scheduler.min_lr) == ("poly", 2.0, 1e-5)
+    assert (cfg.scheduler.warmup_ratio, cfg.scheduler.warmup_steps) == (warmup_ratio, 0)
+    assert (cfg.trainer.batch_size, cfg.trainer.micro_batch_size, cfg.trainer.epochs) == (batch, 32, 400)
+    assert cfg.trainer.max_steps is None and cfg.trainer.eval_every_epochs == 1
+    assert cfg.model._target_ == "models.jasper.Jasper" and cfg.model.dense_residual and len(cfg.model.blocks) == 10
+    assert cfg.data.max_duration == 16.7 and list(cfg.data.speed_perturb) == [0.9, 1.0, 1.1]
+    assert sorted(cfg.data.eval_manifests) == ["dev_clean", "dev_other", "test_clean", "test_other"]
+    assert cfg.workload._target_ == "novograd.workloads.librispeech.LibriSpeechWorkload"
+    assert cfg.logger.group == row.split("/")[0]
+    assert list(cfg.optimizer.get("betas", [])) == {"novograd": [0.95, 0.98], "adam": [0.9, 0.999], "sgd": []}[optimizer]
+
+
+@pytest.mark.parametrize("row", sorted(TXL_ROWS))
+def test_transformer_xl_rows_hold_the_paper_hyperparameters(row: str) -> None:
+    optimizer, lr, weight_decay, steps = TXL_ROWS[row]
+    cfg = compose_config([f"experiment={row}"], output_dir="unused")
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == (optimizer, lr, weight_decay)
+    assert list(cfg.optimizer.betas) == ([0.95, 0.98] if optimizer == "novograd" else [0.9, 0.999])
+    assert (cfg.scheduler.name, cfg.scheduler.warmup_steps, cfg.scheduler.min_lr) == ("cosine", 0, 0.0)
+    assert (cfg.trainer.batch_size, cfg.trainer.max_steps, cfg.trainer.grad_clip_norm) == (256, steps, 0.25)
+    assert cfg.trainer.batch_size * cfg.model.tgt_len * steps >= float(row.split("_")[-1].rstrip("b")) * 1e9
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.dropout) == (16, 512, 8, 0.15)
+    assert (cfg.data.vocab_size, cfg.trainer.eval_micro_batch_size) == (267_735, 10)
+    assert dict(cfg.data.eval) == {"tgt_len": 64, "mem_len": 640, "clamp_len": 400, "same_length": True,
+                                   "num_streams": 10}
+
+
+@pytest.mark.parametrize("row", sorted(JASPER_ROWS) + sorted(TXL_ROWS))
+def test_smoke_and_learn_pick_the_workloads_own_twin(row: str) -> None:
+    smoke = compose_config([f"experiment={row}", "debug=smoke"], output_dir="unused")
+    learn = compose_config([f"experiment={row}", "debug=learn"], output_dir="unused")
+    assert smoke.data.synthetic.kind == "smoke" and learn.data.synthetic.kind == "learnable"
+    assert smoke.trainer.device == learn.trainer.device == "cpu"
+    for cfg in (smoke, learn):  # the tiny variant of the row's own model
+        assert len(cfg.model.blocks) == 3 if row in JASPER_ROWS else cfg.model.n_layer == 2
+    assert learn.optimizer.name == compose_config([f"experiment={row}"], "unused").optimizer.name
 
 
 @pytest.mark.parametrize("row", sorted(PAPER_ROWS))

@@ -1,0 +1,200 @@
+"""Transformer-XL on WikiText-103 (Table 6, Figure 4): ordered streams, memory carried across steps, perplexity.
+
+Training: the train token array is cut into `trainer.batch_size` contiguous streams (the authors' layout); step `s`
+takes window `s` (`model.tgt_len` tokens, plus the next one as target) of every stream (`StreamPlan`). Each
+micro-batch is a fixed group of streams whose memory (the hidden states of its previous window, `model.mem_len`
+per layer) carries over to the next step, is reset at each epoch, and is saved in checkpoints per stream, so a
+resumed run continues bit-for-bit and a run resumed on another number of ranks re-groups the streams' memories.
+The loss is summed over tokens; the engine divides by all target tokens of the step.
+
+Evaluation (`data.eval`): the authors' settings by default, `tgt_len` 64, `mem_len` 640, `clamp_len` 400,
+`same_length`, 10 streams; each set is cut into streams that overlap by one token, so every token but the first
+is scored exactly once. `val_ppl` and `test_ppl` are exp(summed token loss / tokens).
+The training perplexity of Figure 4 is exp(`train/loss`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from novograd.engine.plans import BatchPlan, StreamPlan
+from novograd.workload import Workload
+
+Batch = dict[str, Any]
+# The paper's column for each evaluation set of data.eval_sets.
+_METRIC_OF_SET = {"valid": "val_ppl", "test": "test_ppl"}
+
+
+class TrainStreams(Dataset):
+    """Windows of `tgt_len` tokens (+1 target) of `num_streams` contiguous streams; example `w * B + b` is window
+    `w` of stream `b`. The number of streams is the batch size, set by `cut`."""
+
+    def __init__(self, tokens: np.ndarray, tgt_len: int) -> None:
+        self.tokens = tokens
+        self.tgt_len = tgt_len
+        self.num_streams = 0
+        self.num_windows = 0
+
+    def cut(self, num_streams: int) -> None:
+        from data.wikitext103 import streams
+
+        self.num_streams = num_streams
+        self.num_windows = (streams(self.tokens, num_streams).shape[1] - 1) // self.tgt_len
+        if self.num_windows < 1:
+            raise ValueError(
+                f"{len(self.tokens)} training tokens in {num_streams} streams leave no window of model.tgt_len="
+                f"{self.tgt_len} (+1) tokens per stream: use fewer streams (trainer.batch_size) or a larger corpus."
+            )
+
+    def __len__(self) -> int:
+        return self.num_windows * self.num_streams
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        from data.wikitext103 import streams
+
+        window, stream = divmod(index, self.num_streams)
+        start = window * self.tgt_len
+        row = streams(self.tokens, self.num_streams)[stream]
+        segment = torch.from_numpy(np.array(row[start : start + self.tgt_len + 1], dtype=np.int64))
+        return stream, segment[:-1], segment[1:]
+
+
+class EvalStreams(Dataset):
+    """An evaluation set as `num_streams` streams overlapping by one token: stream `b` predicts targets
+    `[b*L + 1, (b+1)*L + 1)` of the whole set (the last one fewer), so every token but the first is scored once."""
+
+    def __init__(self, tokens: np.ndarray, num_streams: int) -> None:
+        self.tokens = tokens
+        targets = len(tokens) - 1
+        self.stream_len = math.ceil(targets / num_streams)
+        self.num_streams = math.ceil(targets / self.stream_len)
+
+    def __len__(self) -> int:
+        return self.num_streams
+
+    def __getitem__(self, stream: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        start = stream * self.stream_len
+        end = min(start + self.stream_len, len(self.tokens) - 1)
+        segment = torch.from_numpy(np.array(self.tokens[start : end + 1], dtype=np.int64))
+        return stream, segment[:-1], segment[1:]
+
+
+def collate_streams(samples: list[tuple[int, torch.Tensor, torch.Tensor]]) -> Batch:
+    """Stack windows; shorter ones (the last evaluation stream) padded with target -1. Stream ids stay a python
+    tuple: they key the memory on the host without a device sync."""
+    length = max(len(inputs) for _, inputs, _ in samples)
+    inputs = torch.zeros(len(samples), length, dtype=torch.int64)
+    targets = torch.full((len(samples), length), -1, dtype=torch.int64)
+    for row, (_, source, target) in enumerate(samples):
+        inputs[row, : len(source)] = source
+        targets[row, : len(target)] = target
+    return {"streams": tuple(stream for stream, _, _ in samples), "inputs": inputs, "targets": targets}
+
+
+class WikiText103Workload(Workload):
+    """Language modelling on WikiText-103, or on its synthetic twin when `data.synthetic` is set.
+
+    Args:
+        model: the model config (configs/model/transformer_xl*.yaml); `vocab_size` comes from the data.
+        data: the data config (configs/data/wikitext103.yaml documents every key).
+    """
+
+    name = "wikitext103"
+    metric_goals = {"val_ppl": "min", "test_ppl": "min"}
+    primary_metric = "val_ppl"
+
+    def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+        self.model_cfg = model
+        self.data_cfg = data
+        # The memory of each micro-batch's group of streams, and memories restored from a checkpoint per stream.
+        self.memory: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        self.restored: dict[int, torch.Tensor] = {}
+
+    def build_model(self) -> nn.Module:
+        from hydra.utils import instantiate
+
+        return instantiate(self.model_cfg, vocab_size=self.data_cfg["vocab_size"])
+
+    def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
+        from data.wikitext103 import load_corpus
+
+        data = self.data_cfg
+        root = data["root"]
+        if data.get("synthetic"):
+            from data.synthetic_wikitext103 import make_synthetic_wikitext103
+
+            root = make_synthetic_wikitext103(vocab_size=data["vocab_size"], **data["synthetic"])
+        corpus = load_corpus(root, vocab_size=data["vocab_size"])
+        eval_streams = data["eval"]["num_streams"]
+        eval_sets = {name: EvalStreams(corpus.split(name), eval_streams) for name in data["eval_sets"]}
+        return TrainStreams(corpus.split("train"), self.model_cfg["tgt_len"]), eval_sets
+
+    def batch_plan(self, train_set: Dataset, batch_size: int, micro_batch_size: int, seed: int) -> BatchPlan:
+        train_set.cut(batch_size)  # type: ignore[attr-defined]
+        return StreamPlan(train_set.num_windows, batch_size, micro_batch_size,  # type: ignore[attr-defined]
+                          tokens_per_window=self.model_cfg["tgt_len"])
+
+    def collate(self, samples: list[Any]) -> Batch:
+        return collate_streams(samples)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        key = batch["streams"]
+        nll, self.memory[key] = model(batch["inputs"], batch["targets"], self._memory_of(key, batch["inputs"].device))
+        return nll.sum()
+
+    def _memory_of(self, key: tuple[int, ...], device: torch.device) -> list[torch.Tensor] | None:
+        """The memory of this group of streams: carried from its last step, regrouped from a checkpoint's
+        per-stream memories after a resume, or none at the start of an epoch."""
+        if key in self.memory:
+            return self.memory[key]
+        if key[0] in self.restored:
+            per_stream = torch.stack([self.restored.pop(stream) for stream in key], dim=1)  # (n_layer, B, M, d)
+            return list(per_stream.to(device).unbind(0))
+        return None
+
+    def start_epoch(self, epoch: int) -> None:
+        self.memory.clear()
+        self.restored.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each stream's memory, (n_layer, mem_len, d_model) on the CPU, keyed by stream id (not by rank)."""
+        state = {stream: memory for stream, memory in self.restored.items()}
+        for key, layers in self.memory.items():
+            stacked = torch.stack(layers).cpu()  # (n_layer, B, M, d)
+            state |= {stream: stacked[:, row] for row, stream in enumerate(key)}
+        return {"memory": state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memory.clear()
+        self.restored = dict(state.get("memory", {}))
+
+    def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        settings = self.data_cfg["eval"]
+        train_settings = {key: self.model_cfg[key] for key in ("tgt_len", "mem_len", "clamp_len", "same_length")}
+        model.reset_length(tgt_len=settings["tgt_len"], mem_len=settings["mem_len"],
+                           clamp_len=settings["clamp_len"], same_length=settings["same_length"])
+        try:
+            inputs, targets = batch["inputs"], batch["targets"]
+            memory, loss, tokens = None, torch.zeros((), device=inputs.device), torch.zeros((), device=inputs.device)
+            for start in range(0, inputs.shape[1], settings["tgt_len"]):
+                window = slice(start, start + settings["tgt_len"])
+                valid = targets[:, window] >= 0
+                nll, memory = model(inputs[:, window], targets[:, window].clamp(min=0), memory)
+                loss += (nll * valid).sum()
+                tokens += valid.sum()
+        finally:
+            model.reset_length(**train_settings)
+        return {"nll": loss, "tokens": tokens}
+
+    def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:
+        if totals["tokens"] <= 0:
+            raise ValueError(f"The evaluation set {eval_set} has no tokens to score.")
+        metric = _METRIC_OF_SET.get(eval_set, f"{eval_set}_ppl")
+        return {metric: math.exp(totals["nll"] / totals["tokens"])}
