@@ -9,6 +9,7 @@ module in `data/`, and configs: nothing in the engine changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -44,6 +45,9 @@ class Workload(ABC):
     primary_metric: str = ""
     #: Convolutional models run faster in channels-last memory format on GPUs (the engine converts model and inputs).
     channels_last: bool = False
+    #: The run's output directory on the main rank (None on the others), set by the engine: where a workload may
+    #: write files of its own, such as the hypotheses of an evaluation.
+    output_dir: Path | None = None
 
     @abstractmethod
     def build_model(self) -> nn.Module: ...
@@ -75,6 +79,11 @@ class Workload(ABC):
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """What to log from the totals of `pop_train_stats` (e.g. a padding fraction from two sums)."""
         return sums
+
+    def begin_evaluation(self, eval_set: str, final: bool) -> bool:
+        """Called before evaluating `eval_set` (`final`: the evaluation at the end of training); False skips the
+        set this time (e.g. a test set scored only at the end)."""
+        return True
 
     @abstractmethod
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:

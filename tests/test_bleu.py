@@ -84,3 +84,17 @@ def test_perfect_hypotheses_score_100():
 def test_unaligned_inputs_are_refused():
     with pytest.raises(ValueError, match="one hypothesis per reference"):
         tokenized_bleu(HYPOTHESES[:-1], REFERENCES)
+
+
+def test_bleu_from_summed_statistics_equals_the_corpus_score() -> None:
+    """Statistics added over batches (and ranks) give exactly the corpus BLEU of both flavours."""
+    from novograd.metrics.bleu import bleu_from_statistics, bleu_statistics, sacrebleu_score, tokenized_bleu
+
+    hypotheses = ["Das ist ein Test.", "Die Katze sitzt auf der Matte-Decke.", "Guten Morgen", "ein zwei drei vier"]
+    references = ["Das ist ein Test.", "Die Katze saß auf der Matte-Decke.", "Guten Abend", "eins zwei drei vier"]
+    for tokenized, corpus in ((False, sacrebleu_score(hypotheses, references)[0]),
+                              (True, tokenized_bleu(hypotheses, references))):
+        halves = [bleu_statistics(hypotheses[i:i + 2], references[i:i + 2], tokenized) for i in (0, 2)]
+        summed = [a + b for a, b in zip(*halves)]
+        assert bleu_from_statistics(summed, tokenized) == pytest.approx(corpus, abs=1e-9)
+        assert 0 < corpus < 100

@@ -45,10 +45,30 @@ TXL_ROWS = {
     "table6/novograd_20b": ("novograd", 0.01, 0.0, 610_352),
 }
 
+# Table 7 (Transformer-big): optimizer, lr, weight decay, betas, dropout.
+WMT_ROWS = {
+    "table7/adam": ("adam", 0.0006, 0.0, [0.9, 0.997], 0.3),
+    "table7/adamw": ("adamw", 0.0006, 0.005, [0.9, 0.997], 0.3),
+    "table7/novograd": ("novograd", 0.04, 0.0001, [0.95, 0.99], 0.2),
+}
+
 
 def test_every_experiment_file_is_a_paper_row() -> None:
     files = {str(p.relative_to(CONFIG_DIR / "experiment").with_suffix("")) for p in CONFIG_DIR.glob("experiment/table*/*.yaml")}
-    assert files == set(PAPER_ROWS) | set(JASPER_ROWS) | set(TXL_ROWS)
+    assert files == set(PAPER_ROWS) | set(JASPER_ROWS) | set(TXL_ROWS) | set(WMT_ROWS)
+
+
+@pytest.mark.parametrize("row", sorted(WMT_ROWS))
+def test_transformer_big_rows_hold_the_paper_hyperparameters(row: str) -> None:
+    optimizer, lr, weight_decay, betas, dropout = WMT_ROWS[row]
+    cfg = compose_config([f"experiment={row}"], output_dir="unused")
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == (optimizer, lr, weight_decay)
+    assert list(cfg.optimizer.betas) == betas and (optimizer == "novograd" or cfg.optimizer.eps == 1e-9)
+    assert (cfg.model.dropout, cfg.model.attention_dropout, cfg.model.vocab_size) == (dropout, 0.1, 8192)
+    assert (cfg.model.d_model, cfg.model.d_ff, cfg.model.num_heads, cfg.model.encoder_layers) == (1024, 4096, 16, 6)
+    assert (cfg.scheduler.name, cfg.scheduler.warmup_steps, cfg.scheduler.min_lr) == ("cosine", 4000, 0.0)
+    assert (cfg.trainer.batch_size, cfg.trainer.max_steps) == (490_000, 100_000)
+    assert (cfg.data.vocab_size, cfg.workload.beam_size, cfg.workload.length_penalty) == (8192, 4, 0.6)
 
 
 @pytest.mark.parametrize("row", sorted(JASPER_ROWS))
@@ -84,14 +104,17 @@ def test_transformer_xl_rows_hold_the_paper_hyperparameters(row: str) -> None:
                                    "num_streams": 10}
 
 
-@pytest.mark.parametrize("row", sorted(JASPER_ROWS) + sorted(TXL_ROWS))
+@pytest.mark.parametrize("row", sorted(JASPER_ROWS) + sorted(TXL_ROWS) + sorted(WMT_ROWS))
 def test_smoke_and_learn_pick_the_workloads_own_twin(row: str) -> None:
     smoke = compose_config([f"experiment={row}", "debug=smoke"], output_dir="unused")
     learn = compose_config([f"experiment={row}", "debug=learn"], output_dir="unused")
     assert smoke.data.synthetic.kind == "smoke" and learn.data.synthetic.kind == "learnable"
     assert smoke.trainer.device == learn.trainer.device == "cpu"
     for cfg in (smoke, learn):  # the tiny variant of the row's own model
-        assert len(cfg.model.blocks) == 3 if row in JASPER_ROWS else cfg.model.n_layer == 2
+        if row in JASPER_ROWS:
+            assert len(cfg.model.blocks) == 3
+        else:
+            assert cfg.model.get("n_layer", cfg.model.get("encoder_layers")) == 2
     assert learn.optimizer.name == compose_config([f"experiment={row}"], "unused").optimizer.name
 
 

@@ -26,12 +26,15 @@ def evaluate(
     to_device: Callable[[Any], Any],
     precision: Precision,
     device: torch.device,
+    final: bool = False,
 ) -> dict[str, float]:
-    """The workload's metrics over every evaluation set, merged (each set's metrics carry its name where the
-    workload names them so, e.g. `wer_dev_clean`)."""
+    """The workload's metrics over every evaluation set it asks for now (`final`: at the end of training), merged
+    (each set's metrics carry its name where the workload names them so, e.g. `wer_dev_clean`)."""
     metrics: dict[str, float] = {}
     for name, loader in loaders.items():
-        metrics |= workload.eval_metrics(evaluate_set(workload, model, loader, to_device, precision, device), name)
+        if workload.begin_evaluation(name, final):
+            totals = evaluate_set(workload, model, loader, to_device, precision, device)
+            metrics |= workload.eval_metrics(totals, name)
     return metrics
 
 

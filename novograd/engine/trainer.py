@@ -109,6 +109,7 @@ class Trainer:
         # Same initial weights on every rank and for every layout: the model is built from `seed` alone.
         seed_everything(cfg.seed)
         self.workload: Workload = instantiate(cfg.workload, model=cfg.model, data=cfg.data, _recursive_=False)
+        self.workload.output_dir = self.output_dir if context.is_main else None
         model = self.workload.build_model()
         train_set, eval_sets = self.workload.build_datasets()
         self.plan = self.workload.batch_plan(train_set, trainer_cfg.batch_size, trainer_cfg.micro_batch_size, cfg.seed)
@@ -243,12 +244,13 @@ class Trainer:
                  self.progress.epoch)
 
     # ---------------------------------------------------------------------------------------------- evaluation
-    def _evaluate(self) -> bool:
-        """Evaluate, log, track the best metrics; True when the primary metric improved."""
+    def _evaluate(self, final: bool = False) -> bool:
+        """Evaluate (`final`: at the end of training), log, track the best metrics; True when the primary metric
+        improved."""
         metrics = evaluate(
             self.workload, self.eval_model, self.eval_loaders,
             lambda batch: to_device(batch, self.context.device, self.channels_last),
-            self.precision, self.context.device,
+            self.precision, self.context.device, final,
         )
         progress = self.progress
         progress.last_eval_step = progress.step
@@ -307,7 +309,7 @@ class Trainer:
                 self._save_checkpoint()
             elif progress.last_eval_step != progress.step:
                 # Only reachable when a resumed run finds nothing left to train and no final evaluation yet.
-                improved = self._evaluate()
+                improved = self._evaluate(final=True)
                 self._save_checkpoint(is_best=improved)
 
         summary = self._summary(stop_reason)
@@ -359,7 +361,7 @@ class Trainer:
             epoch_ended and every.eval_epochs and progress.epoch % every.eval_epochs == 0
         )
         pause_start = time.perf_counter()
-        improved = self._evaluate() if due_eval or is_last else False
+        improved = self._evaluate(final=is_last) if due_eval or is_last else False
         if due_eval or is_last or (every.checkpoint_steps and progress.step % every.checkpoint_steps == 0):
             progress.elapsed_s = self._elapsed()
             self._save_checkpoint(is_best=improved)

@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 #: The compound-splitting rule of the scripts above, `s{(\S)-(\S)}{$1 ##AT##-##AT## $2}g`. Like sed and perl,
 #: re.sub replaces non-overlapping matches left to right, so `a-b-c` becomes `a ##AT##-##AT## b-c`.
@@ -51,14 +52,42 @@ def sacrebleu_score(hypotheses: Sequence[str], references: Sequence[str]) -> tup
 
 def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str], lang: str = "de") -> float:
     """Tokenized, compound-split BLEU (0-100) of detokenized hypotheses and references (module docstring)."""
-    from sacrebleu.metrics import BLEU
+    _check_parallel(hypotheses, references)
+    tokenize = _moses_compound_split(lang)
+    bleu = _bleu(tokenized=True)
+    return bleu.corpus_score([tokenize(h) for h in hypotheses], [[tokenize(r) for r in references]]).score
+
+
+def _moses_compound_split(lang: str) -> Callable[[str], str]:
     from sacremoses import MosesTokenizer
 
-    _check_parallel(hypotheses, references)
     tokenizer = MosesTokenizer(lang=lang)
+    return lambda line: split_compounds(tokenizer.tokenize(line, return_str=True, escape=True))
 
-    def prepare(line: str) -> str:
-        return split_compounds(tokenizer.tokenize(line, return_str=True, escape=True))
 
-    bleu = BLEU(tokenize="none", smooth_method="none")
-    return bleu.corpus_score([prepare(h) for h in hypotheses], [[prepare(r) for r in references]]).score
+def _bleu(tokenized: bool) -> Any:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(tokenize="none", smooth_method="none") if tokenized else BLEU()
+
+
+# Corpus BLEU from sums: BLEU is a function of corpus totals (hypothesis and reference lengths, matched and total
+# n-grams of each order), so each rank and batch can add its own and one all-reduce gives the corpus score exactly,
+# as for WER. The totals are SacreBLEU's own statistics (its `_extract_corpus_statistics` and
+# `_compute_score_from_stats`, the two halves of `corpus_score`); tests/test_bleu.py holds them equal to it.
+
+def bleu_statistics(
+    hypotheses: Sequence[str], references: Sequence[str], tokenized: bool = False, lang: str = "de"
+) -> list[int]:
+    """The summed BLEU statistics of these sentences, for `sacrebleu_score` or (`tokenized`) `tokenized_bleu`."""
+    _check_parallel(hypotheses, references)
+    if tokenized:
+        tokenize = _moses_compound_split(lang)
+        hypotheses, references = [tokenize(h) for h in hypotheses], [tokenize(r) for r in references]
+    per_sentence = _bleu(tokenized)._extract_corpus_statistics(list(hypotheses), [list(references)])
+    return [sum(column) for column in zip(*per_sentence)] if per_sentence else []
+
+
+def bleu_from_statistics(statistics: Sequence[float], tokenized: bool = False) -> float:
+    """The corpus BLEU (0-100) of statistics summed with `bleu_statistics`."""
+    return _bleu(tokenized)._compute_score_from_stats([int(round(value)) for value in statistics]).score

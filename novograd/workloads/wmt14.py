@@ -1,0 +1,185 @@
+"""Transformer-big on WMT14 en-de (Table 7): token-budget batches, label-smoothed loss, beam search, BLEU.
+
+Batches: fairseq's `batch_by_size` made independent of the layout (`TokenBudgetPlan`): a step holds up to
+`trainer.batch_size` source + target tokens (490K in the paper), cut into micro-batches of up to
+`trainer.micro_batch_size` padded tokens of sentences of similar length. Loss: label-smoothed cross-entropy (0.1)
+summed over target tokens; the engine divides by the step's target tokens, so accumulation normalises per token
+over the whole step.
+Evaluation: at every evaluation, loss and perplexity on newstest2013 (`valid_loss`, `valid_ppl`) and its BLEU
+(`valid_bleu`, on the first `bleu_max_sentences` sentences if set); at the end also newstest2014, the paper's
+columns: detokenized SacreBLEU (`sacrebleu`) and compound-split tokenized BLEU (`tokenized_bleu`). Hypotheses are
+decoded by batched beam search (beam 4, GNMT length penalty 0.6) and written, in the order of the set, to
+`<output_dir>/hypotheses/<set>.txt` (the latest evaluation's). BLEU is computed from statistics summed over batches and ranks,
+which is exactly the corpus score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from novograd.engine import distributed
+from novograd.engine.plans import BatchPlan, TokenBudgetPlan
+from novograd.workload import Workload
+
+Batch = dict[str, Any]
+# The evaluation set whose BLEU is the paper's Table 7 (evaluated at the end of training), and its columns.
+TEST_SET = "test"
+
+
+class Indexed(Dataset):
+    """A dataset whose samples carry their index: evaluation lines hypotheses up with the references."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.lengths = dataset.src_lengths + dataset.tgt_lengths  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+
+class WMT14Workload(Workload):
+    """Translation on WMT14 en-de, or on its synthetic twin when `data.synthetic` is set.
+
+    Args:
+        model: the model config (configs/model/transformer*.yaml); vocabulary and special ids come from the data.
+        data: the data config (configs/data/wmt14.yaml).
+        label_smoothing: epsilon of the label-smoothed loss (0.1 [O]).
+        beam_size, length_penalty, max_len_a, max_len_b: beam search (4, 0.6, 1, 50 [O]).
+        bleu_max_sentences: decode only this many sentences of each set during training (None: all); the final
+            evaluation of the test set always decodes every sentence.
+    """
+
+    name = "wmt14"
+    metric_goals = {"valid_bleu": "max", "valid_loss": "min", "sacrebleu": "max", "tokenized_bleu": "max"}
+    primary_metric = "valid_bleu"
+
+    def __init__(
+        self, model: Mapping[str, Any], data: Mapping[str, Any], label_smoothing: float = 0.1, beam_size: int = 4,
+        length_penalty: float = 0.6, max_len_a: float = 1.0, max_len_b: int = 50,
+        bleu_max_sentences: int | None = None,
+    ) -> None:
+        self.model_cfg = model
+        self.data_cfg = data
+        self.label_smoothing = label_smoothing
+        self.beam = {"beam_size": beam_size, "alpha": length_penalty, "max_len_a": max_len_a, "max_len_b": max_len_b}
+        self.bleu_max_sentences = bleu_max_sentences
+        self._final = False
+        self._stats: dict[str, Any] = {"nll": 0.0, "tokens": 0.0}
+        self._hypotheses: list[tuple[int, str]] = []
+        self._sets: dict[str, Any] = {}
+        self._current_set = ""
+
+    def build_model(self) -> nn.Module:
+        from hydra.utils import instantiate
+
+        from data.wmt14 import BOS_ID, EOS_ID, PAD_ID
+
+        return instantiate(self.model_cfg, vocab_size=self.data_cfg["vocab_size"], pad_id=PAD_ID, bos_id=BOS_ID,
+                           eos_id=EOS_ID)
+
+    def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
+        from data.wmt14 import build_wmt14_datasets
+
+        data = self.data_cfg
+        root = data["root"]
+        if data.get("synthetic"):
+            from data.synthetic_wmt14 import make_synthetic_wmt14
+
+            root = make_synthetic_wmt14(vocab_size=data["vocab_size"], **data["synthetic"])
+        train, eval_sets = build_wmt14_datasets(root, data["vocab_size"], data["eval_sets"], data["max_len"],
+                                                data["max_len_ratio"])
+        self._sets = eval_sets
+        return train, {name: Indexed(dataset) for name, dataset in eval_sets.items()}
+
+    def batch_plan(self, train_set: Dataset, batch_size: int, micro_batch_size: int, seed: int) -> BatchPlan:
+        # Planning chunks of 1/32 of a step: a step mixes ~32 length buckets, whatever the micro-batch size.
+        return TokenBudgetPlan(train_set.src_lengths, train_set.tgt_lengths,  # type: ignore[attr-defined]
+                               batch_size, micro_batch_size, seed, chunk_tokens=max(1, batch_size // 32))
+
+    def collate(self, samples: list[Any]) -> Batch:
+        from data.wmt14 import collate
+
+        if isinstance(samples[0][0], int):  # evaluation: (index, (src, tgt))
+            return collate([sample for _, sample in samples]) | {"indices": [index for index, _ in samples]}
+        return collate(samples)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        from data.wmt14 import PAD_ID
+        from models.transformer import label_smoothed_nll_loss
+
+        logits = model(batch["src"], batch["tgt_input"])
+        loss, nll = label_smoothed_nll_loss(logits, batch["target"], PAD_ID, self.label_smoothing)
+        self._stats["nll"] += nll.detach()
+        self._stats["tokens"] += batch["ntokens"]
+        return loss
+
+    def pop_train_stats(self) -> dict[str, float]:
+        stats = {name: float(value) for name, value in self._stats.items()}
+        self._stats = dict.fromkeys(self._stats, 0.0)
+        return stats
+
+    def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        nll = sums["nll"] / max(sums["tokens"], 1.0)
+        return {"nll_loss": nll, "ppl": math.exp(min(nll, 50.0))}
+
+    def begin_evaluation(self, eval_set: str, final: bool) -> bool:
+        self._final, self._current_set, self._hypotheses = final, eval_set, []
+        return final or eval_set != TEST_SET  # the test set's BLEU is the paper's final number only
+
+    def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        from data.wmt14 import PAD_ID
+        from models.beam_search import beam_search
+        from models.transformer import label_smoothed_nll_loss
+        from novograd.metrics.bleu import bleu_statistics
+
+        logits = model(batch["src"], batch["tgt_input"])
+        _, nll = label_smoothed_nll_loss(logits, batch["target"], PAD_ID, 0.0)
+        stats = {"nll": nll, "tokens": batch["ntokens"].to(torch.float64)}
+        limit = None if self._final else self.bleu_max_sentences
+        rows = [row for row, index in enumerate(batch["indices"]) if limit is None or index < limit]
+        if rows:
+            dataset = self._sets[self._current_set]
+            hypotheses = [dataset.tokenizer.decode(ids) for ids in beam_search(model, batch["src"][rows], **self.beam)]
+            references = [dataset.references[batch["indices"][row]] for row in rows]
+            self._hypotheses += [(batch["indices"][row], text) for row, text in zip(rows, hypotheses)]
+            for name, tokenized in (("bleu", False), ("tokenized_bleu", True)):
+                for position, value in enumerate(bleu_statistics(hypotheses, references, tokenized)):
+                    stats[f"{name}_{position}"] = torch.tensor(float(value))
+        return stats
+
+    def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:
+        from novograd.metrics.bleu import bleu_from_statistics
+
+        metrics: dict[str, float] = {}
+        nll = totals["nll"] / totals["tokens"]
+        prefix = "test" if eval_set == TEST_SET else eval_set
+        metrics |= {f"{prefix}_loss": nll, f"{prefix}_ppl": math.exp(min(nll, 50.0))}
+        bleu = [totals[f"bleu_{i}"] for i in range(len(totals)) if f"bleu_{i}" in totals]
+        tokenized = [totals[f"tokenized_bleu_{i}"] for i in range(len(totals)) if f"tokenized_bleu_{i}" in totals]
+        if bleu:
+            names = ("sacrebleu", "tokenized_bleu") if eval_set == TEST_SET else (f"{eval_set}_bleu",
+                                                                                  f"{eval_set}_tokenized_bleu")
+            metrics[names[0]] = bleu_from_statistics(bleu)
+            metrics[names[1]] = bleu_from_statistics(tokenized, tokenized=True)
+        self._write_hypotheses(eval_set)
+        return metrics
+
+    def _write_hypotheses(self, eval_set: str) -> None:
+        """Every rank's hypotheses of this set, in the set's order, into one file on rank 0."""
+        gathered = distributed.gather_objects(self._hypotheses)
+        self._hypotheses = []
+        lines = sorted(pair for shard in gathered for pair in shard)
+        if lines and self.output_dir is not None:  # set on the main rank only
+            directory = Path(self.output_dir) / "hypotheses"
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / f"{eval_set}.txt").write_text("".join(text + "\n" for _, text in lines))
