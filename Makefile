@@ -17,7 +17,7 @@ EXPERIMENTS := $(sort $(patsubst configs/experiment/%.yaml,%,$(wildcard configs/
 target_name = $(subst _,-,$(subst /,-,$(1)))
 EXPERIMENT_TARGETS := $(foreach e,$(EXPERIMENTS),$(call target_name,$(e)))
 
-.PHONY: help install demo dln test test-all tables prepare-imagenet prepare-librispeech prepare-wikitext103 prepare-wmt14 bench-optimizer bench-speech-data bench-engine $(EXPERIMENT_TARGETS)
+.PHONY: help install demo dln test test-all tables prepare-imagenet prepare-librispeech prepare-wikitext103 prepare-wmt14 bench-optimizer memory bench-speech-data bench-engine $(EXPERIMENT_TARGETS)
 
 help: ## List every target
 	@echo "Usage: make <target> [NPROC=N] [NNODES=N] [ARGS=\"key=value ...\"]"
@@ -64,6 +64,9 @@ prepare-wmt14: ## WMT14 en-de joint BPE (8192) and token arrays into WMT14_ROOT,
 
 bench-optimizer: ## ms per optimizer step: NovoGrad paths vs torch SGD/AdamW on ResNet-50 shapes
 	$(PYTHON) scripts/bench_optimizer.py $(ARGS)
+
+memory: ## Optimizer state (SGD, Adam, AdamW, NovoGrad) and whole-step memory of the four paper models: results/memory.*
+	$(PYTHON) scripts/memory.py $(ARGS)
 
 bench-speech-data: ## Utterances/s and audio-seconds/s of the LibriSpeech data path alone (FLAC, speed perturbation, log-mel)
 	OMP_NUM_THREADS=1 $(PYTHON) scripts/bench_speech_data.py $(ARGS)

@@ -1,0 +1,284 @@
+"""The memory claim, measured: optimizer state after one step of SGD-momentum, Adam, AdamW and NovoGrad on the
+paper's four models at full size, and what a training step as a whole holds.
+
+Each model is built from its config (configs/model/*.yaml, composed by Hydra as training composes it) on the meta
+device, where tensors have shapes and dtypes but no data, so 332.6M parameters cost nothing. Each optimizer is
+built by the training factory (`novograd.optim.factory.build_optimizer`) from configs/optimizer/*.yaml, LARC off,
+every parameter gets a gradient, `step()` runs once, and the bytes of every tensor in `optimizer.state` are
+added up: nothing is computed from a formula (tests/test_memory.py checks the results against one). On the meta
+device torch.optim takes its single-tensor path; every path allocates the same state. `--state-device cpu` runs the
+same measurement on real fp32 tensors (about 5.3 GB for Jasper with Adam).
+
+"Whole step" = parameters + gradients + optimizer state, all measured from tensors; activations are not in it.
+With `--device cuda` the script also runs two real training steps per model and optimizer at the paper's
+per-GPU micro-batch, in bf16 autocast as the experiments, and records `torch.cuda.max_memory_allocated()` of the
+second one (the first allocates the state; the second is the steady state). That path has not been run yet.
+
+    python scripts/memory.py [--device cpu|cuda] [--state-device meta|cpu] [--output results/memory]
+
+Writes <output>.json (per model: params, tensors, param_bytes, grad_bytes, state_bytes and step_counter_bytes per
+optimizer, and peak_step_bytes with CUDA) and <output>.md; the default output is results/memory
+(results/memory_cuda with --device cuda).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a plain script from any directory
+
+from novograd.engine.compose import compose_config  # noqa: E402
+from novograd.optim.factory import build_optimizer  # noqa: E402
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "novograd")
+REFERENCE = "adam"
+MB = 1e6  # the tables give decimal megabytes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A paper model: its config, the arguments its workload passes, and (for --device cuda) one micro-batch."""
+
+    config: str
+    kwargs: dict[str, Any]
+    # (model, device) -> the loss of one micro-batch of random data, computed under autocast (--device cuda).
+    loss_of_batch: Callable[[nn.Module, torch.device], torch.Tensor]
+
+
+def resnet_loss(model: nn.Module, device: torch.device) -> torch.Tensor:
+    """[P] 128 images of 224 x 224 per GPU, cross-entropy over 1000 classes."""
+    images = torch.randn(128, 3, 224, 224, device=device)
+    labels = torch.randint(0, 1000, (128,), device=device)
+    return F.cross_entropy(model(images), labels)
+
+
+def jasper_loss(model: nn.Module, device: torch.device) -> torch.Tensor:
+    """[O] 32 utterances per GPU, all of the longest kind: 16.7 s (data.max_duration) slowed to 0.9x by speed
+    perturbation = 18.6 s = 1856 frames of 10 ms, with 250-character transcripts; the workload's CTC loss."""
+    from novograd.workloads.librispeech import ctc_losses
+
+    frames, characters = 1856, 250
+    features = torch.randn(32, model.in_features, frames, device=device)
+    lengths = torch.full((32,), frames, device=device)
+    targets = torch.randint(0, model.num_classes - 1, (32, characters), device=device)
+    logits, out_frames = model(features, lengths)
+    losses, _ = ctc_losses(logits, out_frames, targets, torch.full((32,), characters, device=device))
+    return losses.sum()
+
+
+def transformer_loss(model: nn.Module, device: torch.device) -> torch.Tensor:
+    """[O] 128 sentence pairs per GPU, each side 56 subwords (the authors' length limit): teacher-forced
+    cross-entropy. There is no Table 7 experiment yet to read a token budget from."""
+    source = torch.randint(3, model.vocab_size, (128, 56), device=device)
+    target = torch.randint(3, model.vocab_size, (128, 57), device=device)
+    logits = model(source, target[:, :-1])
+    return F.cross_entropy(logits.flatten(0, 1).float(), target[:, 1:].flatten(), reduction="sum")
+
+
+def transformer_xl_loss(model: nn.Module, device: torch.device) -> torch.Tensor:
+    """[X] 32 streams per GPU x tgt_len 128 tokens, with a full memory of mem_len 512 per layer (steady state)."""
+    tokens = torch.randint(0, model.embedding.num_embeddings, (32, model.tgt_len + 1), device=device)
+    memory = [torch.zeros(32, model.mem_len, model.d_model, device=device) for _ in model.layers]
+    nll, _ = model(tokens[:, :-1], tokens[:, 1:], memory)
+    return nll.sum()
+
+
+# Result keys (the contract of results/memory.json) -> the models the experiments train.
+MODELS: dict[str, ModelSpec] = {
+    "resnet50_v2": ModelSpec("resnet50_v2", {"num_classes": 1000}, resnet_loss),  # data.num_classes (imagenet)
+    "jasper10x5": ModelSpec("jasper10x5", {}, jasper_loss),
+    "transformer_big": ModelSpec("transformer_big", {}, transformer_loss),
+    "transformer_xl": ModelSpec("transformer_xl_base", {}, transformer_xl_loss),
+}
+
+
+def build_model(config: str, device: torch.device | str, **kwargs: Any) -> nn.Module:
+    """configs/model/<config>.yaml instantiated on `device` (defaults such as a tiny model's parent merged)."""
+    from hydra.utils import instantiate
+
+    with torch.device(device):
+        return instantiate(compose_config([f"model={config}"]).model, **kwargs)
+
+
+def optimizer_config(name: str) -> Any:
+    """configs/optimizer/<name>.yaml as training composes it, without LARC (a wrapper with no state of its own)."""
+    return compose_config([f"optimizer={name}", "optimizer.larc.enabled=false"]).optimizer
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def measure_state(model: nn.Module, optimizer_name: str) -> dict[str, int]:
+    """Bytes of `optimizer.state` after one step of the named optimizer on `model`, and of its step counters.
+
+    Every parameter gets a gradient of ones (any value would do; meta tensors have none). The gradients are
+    dropped again afterwards, so the model can be reused.
+    """
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer = build_optimizer(optimizer_config(optimizer_name), model)
+    try:
+        optimizer.step()
+    except (NotImplementedError, RuntimeError) as error:
+        raise RuntimeError(
+            f"{optimizer_name} could not step on {params[0].device}: rerun with --state-device cpu ({error})"
+        ) from error
+    states = list(optimizer.state.values())
+    result = {
+        "state_bytes": tensor_bytes(v for s in states for v in s.values() if isinstance(v, torch.Tensor)),
+        "step_counter_bytes": tensor_bytes(s["step"] for s in states if isinstance(s.get("step"), torch.Tensor)),
+        "grad_bytes": tensor_bytes(p.grad for p in params),
+    }
+    for p in params:
+        p.grad = None
+    return result
+
+
+def measure_model(config: str, device: torch.device | str, **kwargs: Any) -> dict[str, Any]:
+    """Parameter count, tensors, bytes of parameters and gradients, and each optimizer's state, on `device`."""
+    model = build_model(config, device, **kwargs)
+    params = list(model.parameters())  # shared tensors (tied embeddings) once, as the optimizer sees them
+    measured = {name: measure_state(model, name) for name in OPTIMIZERS}
+    return {
+        "params": sum(p.numel() for p in params),
+        "tensors": len(params),
+        "param_bytes": tensor_bytes(params),
+        "grad_bytes": measured[REFERENCE]["grad_bytes"],  # the same gradients for every optimizer
+        "state_bytes": {name: m["state_bytes"] for name, m in measured.items()},
+        "step_counter_bytes": {name: m["step_counter_bytes"] for name, m in measured.items()},
+    }
+
+
+def peak_step_bytes(spec: ModelSpec, optimizer_name: str, device: torch.device) -> int:
+    """torch.cuda.max_memory_allocated() over the second of two real bf16 training steps (untested: no GPU yet)."""
+    torch.manual_seed(0)
+    model = build_model(spec.config, device, **spec.kwargs).train()
+    optimizer = build_optimizer(optimizer_config(optimizer_name), model)
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = spec.loss_of_batch(model, device)
+        loss.backward()
+        optimizer.step()
+        torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del model, optimizer, loss
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak
+
+
+def whole_step_bytes(row: dict[str, Any], optimizer_name: str) -> int:
+    return row["param_bytes"] + row["grad_bytes"] + row["state_bytes"][optimizer_name]
+
+
+def markdown(results: dict[str, dict[str, Any]], state_device: str, gpu_name: str | None) -> str:
+    lines = [
+        "# Optimizer state and training-step memory of the paper's models",
+        "",
+        "Made by `make memory` (`scripts/memory.py`): each model built from its config, each optimizer from "
+        "configs/optimizer/ (LARC off), one `step()`, then the bytes of every tensor in `optimizer.state` "
+        f"(measured on the {state_device} device, torch {torch.__version__}). MB = 10^6 bytes.",
+        "",
+        "**What \"half the memory of Adam\" means.** NovoGrad keeps one buffer per parameter (the momentum) and one "
+        "scalar per parameter tensor (the layer's second moment); Adam and AdamW keep two buffers per parameter. "
+        "So NovoGrad's *optimizer state* is half of Adam's, the same as SGD with momentum. A training step also "
+        "holds the parameters and their gradients, which are the same for every optimizer: in fp32 that is 8 "
+        "bytes per parameter, plus 4 of state with NovoGrad or SGD against 8 with Adam, so the step as a whole "
+        "needs about 3/4 of Adam's memory, not half, and less than that once activations are counted (they "
+        "are not in these columns).",
+        "",
+        "State includes the step counters: Adam, AdamW and NovoGrad keep one 0-dim fp32 tensor per parameter "
+        "tensor (4 bytes each, on the CPU for torch's non-fused paths); SGD keeps none. SGD's split into decayed "
+        "and non-decayed parameter groups changes no state size. Parameters and gradients are fp32 (bf16 "
+        "autocast keeps them so).",
+    ]
+    if gpu_name:
+        lines += [
+            "",
+            f"Peak = `torch.cuda.max_memory_allocated()` over one steady-state bf16 training step at the paper's "
+            f"per-GPU micro-batch (activations included) on {gpu_name}.",
+        ]
+    for key, row in results.items():
+        novograd_extra = row["state_bytes"]["novograd"] - row["state_bytes"]["sgd"]
+        lines += [
+            "",
+            f"## {key}: {row['params']:,} parameters ({row['params'] / 1e6:.2f}M) in {row['tensors']} tensors",
+            "",
+            f"Parameters {row['param_bytes'] / MB:,.1f} MB, gradients {row['grad_bytes'] / MB:,.1f} MB. NovoGrad's "
+            f"state is {novograd_extra:,} bytes more than SGD's: a second moment and a step counter per tensor.",
+            "",
+        ]
+        header = ["optimizer", "state (MB)", "state / Adam's", "params + grads + state (MB)", "whole / Adam's whole"]
+        if gpu_name:
+            header += ["peak step (MB)", "peak / Adam's peak"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name in OPTIMIZERS:
+            state, whole = row["state_bytes"][name], whole_step_bytes(row, name)
+            cells = [
+                name,
+                f"{state / MB:,.1f}",
+                f"{state / row['state_bytes'][REFERENCE]:.4f}",
+                f"{whole / MB:,.1f}",
+                f"{whole / whole_step_bytes(row, REFERENCE):.4f}",
+            ]
+            if gpu_name:
+                peak = row["peak_step_bytes"][name]
+                cells += [f"{peak / MB:,.1f}", f"{peak / row['peak_step_bytes'][REFERENCE]:.4f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: also the peak memory of a real training step per model and optimizer")
+    parser.add_argument("--state-device", choices=("meta", "cpu"), default="meta",
+                        help="where the optimizer state is measured (cpu: real fp32 tensors, several GB)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="path without suffix for .json and .md (default: results/memory[_cuda])")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda given but no CUDA device is visible; run on a GPU machine or use --device cpu")
+    output = args.output or ROOT / "results" / ("memory_cuda" if device.type == "cuda" else "memory")
+
+    results = {}
+    for key, spec in MODELS.items():
+        start = time.perf_counter()
+        row = measure_model(spec.config, args.state_device, **spec.kwargs)
+        if device.type == "cuda":
+            row["peak_step_bytes"] = {name: peak_step_bytes(spec, name, device) for name in OPTIMIZERS}
+        results[key] = row
+        gc.collect()
+        ratios = ", ".join(f"{n} {row['state_bytes'][n] / row['state_bytes'][REFERENCE]:.3f}" for n in OPTIMIZERS)
+        print(f"{key}: {row['params']:,} parameters in {row['tensors']} tensors; state / Adam's: {ratios} "
+              f"({time.perf_counter() - start:.1f} s)")
+
+    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    output.with_suffix(".md").write_text(markdown(results, args.state_device, gpu_name))
+    print(f"wrote {output.with_suffix('.json')} and {output.with_suffix('.md')}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
