@@ -17,8 +17,6 @@ from omegaconf import OmegaConf
 
 from novograd.engine import run
 from novograd.engine.compose import compose_config
-from novograd.engine.preemption import hand_on_signal
-from novograd.engine.run_config import RESUME_MAY_CHANGE, config_differences, resume_differences
 
 REGRESSION = ["debug=regression", "logger=none", "trainer.max_steps=4"]
 
@@ -33,6 +31,8 @@ def snapshot(output_dir: Path) -> dict[str, bytes]:
 
 # ------------------------------------------------------------------------------------------------ config comparison
 def test_config_differences_walk_nested_sections_and_report_absent_keys() -> None:
+    from novograd.engine.run_config import config_differences
+
     reference = {"optimizer": {"name": "novograd", "lr": 0.007, "betas": [0.95, 0.98]}, "data": {"synthetic": None}}
     config = {"optimizer": {"name": "sgd", "lr": 0.007, "momentum": 0.9}, "data": {"synthetic": {"seed": 0}}}
     assert [str(d) for d in config_differences(reference, config)] == [
@@ -47,6 +47,8 @@ def test_config_differences_walk_nested_sections_and_report_absent_keys() -> Non
 
 
 def test_bookkeeping_keys_may_change_on_resume_and_nothing_else() -> None:
+    from novograd.engine.run_config import RESUME_MAY_CHANGE, resume_differences
+
     original = OmegaConf.to_container(compose_config(REGRESSION, "/runs/a"), resolve=True)
     bookkeeping = OmegaConf.to_container(compose_config(
         [*REGRESSION, "trainer.log_every_steps=7", "trainer.stop_at_step=2", "trainer.eval_every_steps=3",
@@ -162,6 +164,8 @@ def test_a_previous_handler_gets_the_signal_only_after_the_run_is_written(tmp_pa
         sender.join()
         assert summary["stop_reason"] == "SIGUSR1" and seen == []
         assert json.loads(metrics.read_text().splitlines()[-1])["step"] <= summary["steps"]
+        from novograd.engine.preemption import hand_on_signal
+
         with pytest.raises(SystemExit):
             hand_on_signal(summary)
         assert seen == [True]

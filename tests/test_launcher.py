@@ -80,7 +80,8 @@ def test_make_row_stopped_by_sigterm_to_its_launcher_checkpoints_and_exits_0(tmp
     make = subprocess.Popen([*command, f"UV={env['UV']}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_for_training(make, output_dir / "metrics.jsonl")
-    (launcher,) = [pid for pid, cmd in process_tree(make.pid).items() if "-m novograd.engine.launcher" in cmd]
+    (launcher,) = [pid for pid, cmd in process_tree(make.pid).items()  # the launcher (torchrun before it), not a worker
+                   if ("novograd.engine.launcher" in cmd or "torchrun" in cmd) and "-u -m novograd.train" not in cmd]
     os.kill(launcher, signal.SIGTERM)  # what a scheduler or `kill` does to the torchrun of a job
     output, _ = make.communicate(timeout=120)
     assert make.returncode == 0, output[-3000:]

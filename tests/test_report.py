@@ -5,7 +5,6 @@ import json
 from omegaconf import OmegaConf
 
 from novograd.engine.compose import compose_config
-from novograd.report.matching import DEFINING_SECTIONS, row_config, row_differences
 from novograd.report.tables import PAPER_TABLES, main
 
 ROW = "table1/novograd_100ep"
@@ -74,6 +73,8 @@ def test_runs_that_change_what_defines_the_row_are_variants_outside_the_mean(tmp
 
 
 def test_seed_precision_paths_workers_and_bookkeeping_do_not_make_a_variant():
+    from novograd.report.matching import row_config, row_differences
+
     reference = row_config(ROW)
     same_row = run_config(ROW, "seed=7", "trainer.precision=fp16", "data.root=/elsewhere", "data.num_workers=2",
                           "trainer.eval_every_epochs=5", "trainer.log_every_steps=1", "optimizer.fused=true",
@@ -88,6 +89,8 @@ def test_seed_precision_paths_workers_and_bookkeeping_do_not_make_a_variant():
 
 def test_keys_of_new_workloads_define_their_rows_without_being_named():
     """Tables 4-7 bring keys such as model.dropout or data.max_tokens: every key of the defining sections counts."""
+    from novograd.report.matching import DEFINING_SECTIONS, row_differences
+
     row = {"model": {"dropout": 0.2, "d_model": 1024}, "data": {"max_tokens": 4096}, "trainer": {"batch_size": 8}}
     run = {"model": {"dropout": 0.3, "d_model": 1024}, "data": {"max_tokens": 4096, "num_workers": 4},
            "trainer": {"batch_size": 8, "log_every_steps": 10}}
