@@ -24,7 +24,7 @@ help: ## List every target
 	@echo
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-28s %s\n", $$1, $$2}'
 	@echo
-	@echo "Paper rows (torchrun --nproc-per-node=NPROC --nnodes=NNODES -m novograd.train experiment=<row>):"
+	@echo "Paper rows (torchrun via novograd.engine.launcher --nproc-per-node=NPROC --nnodes=NNODES -m novograd.train experiment=<row>):"
 	@$(foreach e,$(EXPERIMENTS),printf "  %-28s experiment=%s\n" "$(call target_name,$(e))" "$(e)";)
 
 install: ## Install uv if missing, then the locked environment into .venv
@@ -74,8 +74,10 @@ bench-speech-data: ## Utterances/s and audio-seconds/s of the LibriSpeech data p
 bench-engine: ## Steps/s through the engine vs a bare PyTorch loop (ResNet smoke, CPU)
 	OMP_NUM_THREADS=1 $(PYTHON) scripts/bench_engine.py $(ARGS)
 
+# torchrun through novograd/engine/launcher.py: a preempted run (SIGTERM or SIGUSR1 to the launcher) checkpoints
+# and exits 0, where torchrun alone exits 1 (SIGTERM) or dies leaving its workers behind (SIGUSR1); docs/preemption.md.
 define EXPERIMENT_RULE
 $(call target_name,$(1)): ## experiment=$(1)
-	$(UV) run --frozen torchrun --nproc-per-node=$$(NPROC) --nnodes=$$(NNODES) $$(TORCHRUN_ARGS) -m novograd.train experiment=$(1) $$(ARGS)
+	$(UV) run --frozen python -m novograd.engine.launcher --nproc-per-node=$$(NPROC) --nnodes=$$(NNODES) $$(TORCHRUN_ARGS) -m novograd.train experiment=$(1) $$(ARGS)
 endef
 $(foreach e,$(EXPERIMENTS),$(eval $(call EXPERIMENT_RULE,$(e))))

@@ -27,12 +27,20 @@ OmegaConf.register_new_resolver("or_else", lambda value, default: default if val
 def main(cfg: DictConfig) -> Any:
     """Train the configured experiment; returns the run's summary (final and best metrics)."""
     from novograd.engine import run
+    from novograd.engine.output_dir import remove_empty_directories
+    from novograd.engine.preemption import hand_on_signal, record_outcome
 
-    choices = HydraConfig.get().runtime.choices
-    if cfg.get("experiment_name") is None and choices.get("debug") is None:  # a debug run reproduces no row
+    runtime = HydraConfig.get().runtime
+    if cfg.get("experiment_name") is None and runtime.choices.get("debug") is None:  # a debug run reproduces no row
         with open_dict(cfg):
-            cfg.experiment_name = choices.get("experiment")
-    return run(cfg)
+            cfg.experiment_name = runtime.choices.get("experiment")
+    if Path(runtime.output_dir).absolute() != Path(cfg.trainer.output_dir).absolute():
+        # Hydra made its run folder (results/runs/<experiment>/<time>/) before we could say the run goes elsewhere.
+        remove_empty_directories(Path(runtime.output_dir), stop_at=Path.cwd())
+    summary = run(cfg)
+    record_outcome(summary)  # for novograd.engine.launcher: the run ended cleanly
+    hand_on_signal(summary)  # submitit's handler (launcher=slurm) requeues the job now that everything is written
+    return summary
 
 
 if __name__ == "__main__":

@@ -144,19 +144,27 @@ def test_sample_seeds_are_a_function_of_seed_epoch_and_index_only():
     assert not (sample_seeds(7, 4, 1000) == table).any() and not (sample_seeds(8, 3, 1000) == table).any()
 
 
-def test_preemption_hands_the_signal_on_to_a_previous_python_handler():
-    """submitit requeues a SLURM job from its own SIGUSR1 handler: it must still run, after the checkpoint."""
+def test_preemption_flag_restores_a_previous_python_handler_and_hand_on_delivers_to_it():
+    """submitit requeues a SLURM job from its own SIGUSR1 handler: it must still run, after the run has ended."""
     import os
     import signal
 
-    from novograd.engine.preemption import PreemptionFlag
+    from novograd.engine.preemption import PreemptionFlag, hand_on_signal
 
     received = []
-    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+
+    def handler(signum, frame):
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
     try:
         with PreemptionFlag() as flag:
             os.kill(os.getpid(), signal.SIGUSR1)
             assert flag.requested and flag.signal_name == "SIGUSR1" and received == []
+        assert signal.getsignal(signal.SIGUSR1) is handler and received == []
+        hand_on_signal({"preempted": True, "stop_reason": "SIGUSR1"})
+        assert received == [signal.SIGUSR1]
+        hand_on_signal({"preempted": True, "stop_reason": "trainer.stop_at_step=3"})  # no signal to hand on
         assert received == [signal.SIGUSR1]
     finally:
         signal.signal(signal.SIGUSR1, previous)

@@ -53,11 +53,14 @@ def test_resnet_smoke_resume_is_bit_for_bit(tmp_path: Path) -> None:
 
 
 def test_sigterm_checkpoints_at_a_step_boundary_and_exits_cleanly(tmp_path: Path) -> None:
+    output_dir, cwd = tmp_path / "run", tmp_path / "cwd"
+    cwd.mkdir()
     command = [sys.executable, "-m", "novograd.train", "debug=regression", "logger=none", "trainer.max_steps=1000000",
-               "trainer.log_every_steps=1", f"trainer.output_dir={tmp_path}"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    metrics = tmp_path / "metrics.jsonl"
+               "trainer.log_every_steps=1", f"trainer.output_dir={output_dir}"]
+    pythonpath = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath})
+    metrics = output_dir / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
         assert process.poll() is None and time.monotonic() < deadline, "training did not start"
@@ -65,11 +68,12 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_exits_cleanly(tmp_path: Path
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
-    assert "Stopped by SIGTERM" in output and f"trainer.output_dir={tmp_path}" in output
-    state = last_checkpoint(tmp_path)
+    assert "Stopped by SIGTERM" in output and f"re-run the same command with trainer.output_dir={output_dir}" in output
+    state = last_checkpoint(output_dir)
     assert 3 <= state["progress"]["step"] < 1000000
     assert len(state["optimizer"]["state"]) > 0
-    assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # no partial file left behind
+    assert not list((output_dir / "checkpoints").glob(".*tmp*"))  # no partial file left behind
+    assert list(cwd.iterdir()) == []  # Hydra's run folder (results/runs/no_experiment/<time>/) is not left behind
 
 
 def test_wandb_offline_run_holds_config_and_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

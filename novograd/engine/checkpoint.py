@@ -8,6 +8,7 @@ step), best metrics and the W&B run id.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -18,6 +19,9 @@ import torch
 LAST = "last.pt"
 BEST = "best.pt"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+_TEMPORARY_FILE = re.compile(r"^\..+\.tmp\d+$")  # `.last.pt.tmp<pid>`: what `atomic_save` writes before the rename
+
+log = logging.getLogger(__name__)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -48,6 +52,19 @@ class CheckpointManager:
             raise ValueError(f"trainer.keep_last_k must be >= 0, got {keep_last_k}.")
         self.directory = directory
         self.keep_last_k = keep_last_k
+        self.remove_stale_temporaries()
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete the temporaries of saves that were killed before their rename (each as large as a checkpoint).
+
+        Safe at construction: no rank saves before the trainer's first collective, which every rank reaches only
+        after building its CheckpointManager."""
+        if not self.directory.is_dir():
+            return
+        for stale in self.directory.iterdir():
+            if _TEMPORARY_FILE.match(stale.name):
+                log.info("Removing %s, left by an interrupted checkpoint save.", stale)
+                stale.unlink(missing_ok=True)
 
     @property
     def last_path(self) -> Path:

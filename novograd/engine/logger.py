@@ -1,7 +1,8 @@
 """Run records on rank 0: `metrics.jsonl` (always), Weights & Biases (unless `logger=none`), a progress bar.
 
-W&B runs offline when no API key is configured (or when WANDB_MODE says so) and prints the `wandb sync` command;
-the run id lives in the checkpoint so a resumed run continues the same W&B run.
+W&B runs offline when no API key is configured (or when WANDB_MODE says so) and prints the `wandb sync` command
+that uploads every segment of the run; the run id lives in the checkpoint so a resumed run continues the same W&B
+run.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def resolve_wandb_mode(configured: str | None) -> str:
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if wandb_api_key_configured() else "offline"
+
+
+def wandb_sync_command(wandb_dir: Path, run_id: str | None) -> str:
+    """`wandb sync` with every offline segment of the run: each start or resume of an offline run writes its own
+    `offline-run-<time>-<id>/` directory, and W&B syncs the segments of one run id in order of start time."""
+    segments = sorted(wandb_dir.glob(f"offline-run-*-{run_id}"))
+    return "wandb sync " + " ".join(str(segment) for segment in segments)
 
 
 class RunLogger:
@@ -140,4 +148,4 @@ class RunLogger:
 
             wandb.teardown()  # waits for the W&B service to flush the run to disk before the process moves on
             if offline:
-                log.info("W&B ran offline; upload the run with:  wandb sync %s", run_dir)
+                log.info("W&B ran offline; upload the run with:  %s", wandb_sync_command(run_dir.parent, self.run_id))

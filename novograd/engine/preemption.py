@@ -1,20 +1,30 @@
 """Preemption: SIGTERM or SIGUSR1 asks for a checkpoint at the next optimizer-step boundary and a clean exit.
 
-SLURM sends SIGTERM (or the `--signal` of the job, often SIGUSR1) before it kills a job; torchrun forwards
-SIGTERM to its workers. The handler only sets a flag: checkpointing inside a signal handler could interrupt a
-collective or a half-written step. Ranks agree on stopping through the per-step all-reduce of the trainer.
+SLURM sends SIGTERM (or the `--signal` of the job, often SIGUSR1) before it kills a job; the launcher
+(`novograd.engine.launcher`, torchrun underneath) forwards both to its workers. The handler only sets a flag:
+checkpointing inside a signal handler could interrupt a collective or a half-written step. Ranks agree on stopping
+through the per-step all-reduce of the trainer.
 
-When the signal had a Python handler before (submitit's, which requeues a SLURM job under
-`launcher=slurm`), the signal is delivered to it again on leaving the context, after the checkpoint is written,
-so the job is requeued and resumes from it.
+When the signal had a Python handler before (submitit's, which requeues a SLURM job under `launcher=slurm`),
+`hand_on_signal` delivers the signal to it once the run has ended: after the checkpoint, the last metrics and the
+W&B run are written, because submitit's handler requeues the job (SLURM then ends this one) and exits.
+How each launch path ends after a preemption: docs/preemption.md.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+# Set by `novograd.engine.launcher` for its workers: where local rank 0 records how the run ended, so that the
+# launcher can tell a run that checkpointed after the signal from one that was killed.
+OUTCOME_FILE_ENV = "NOVOGRAD_RUN_OUTCOME_FILE"
 
 
 class PreemptionFlag:
@@ -23,21 +33,44 @@ class PreemptionFlag:
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
-        self._previous: dict[int, object] = {}
-        self._received: int | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        self._received = signum
 
     def __enter__(self) -> PreemptionFlag:
-        for sig in PREEMPTION_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in PREEMPTION_SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
-        if self._received is not None and callable(self._previous[self._received]):
-            signal.raise_signal(self._received)
+
+
+def resume_instructions(stop_reason: str, step: int, total_steps: int, checkpoint: Path, output_dir: Path) -> str:
+    """What to run next after a stop: a planned `trainer.stop_at_step` would stop again at once if repeated."""
+    if stop_reason.startswith("trainer.stop_at_step"):
+        how = (f"re-run the command without trainer.stop_at_step (or with a later step) and with "
+               f"trainer.output_dir={output_dir}")
+    else:
+        how = f"re-run the same command with trainer.output_dir={output_dir}"
+    return f"Stopped by {stop_reason} at step {step}/{total_steps}; checkpoint {checkpoint}. To resume, {how}."
+
+
+def record_outcome(summary: dict[str, Any]) -> None:
+    """On local rank 0 of a launcher's workers: write how the run ended (finished, or stopped with a checkpoint)."""
+    path = os.environ.get(OUTCOME_FILE_ENV)
+    if not path or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    outcome = {key: summary.get(key) for key in ("steps", "preempted", "stop_reason", "output_dir")}
+    Path(path).write_text(json.dumps(outcome) + "\n")
+
+
+def hand_on_signal(summary: dict[str, Any]) -> None:
+    """After a run stopped by a signal: deliver it to the Python handler that was installed before the run's."""
+    name = summary.get("stop_reason", "")
+    if name not in {sig.name for sig in PREEMPTION_SIGNALS}:
+        return
+    sig = signal.Signals[name]
+    if callable(signal.getsignal(sig)):
+        signal.raise_signal(sig)

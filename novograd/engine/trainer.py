@@ -25,8 +25,10 @@ from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import evaluate
 from novograd.engine.logger import RunLogger
+from novograd.engine.output_dir import ensure_writable_output_dir
 from novograd.engine.precision import Precision, enable_tf32
-from novograd.engine.preemption import PreemptionFlag
+from novograd.engine.preemption import PreemptionFlag, resume_instructions
+from novograd.engine.run_config import check_resume_config
 from novograd.engine.seeding import capture_rng_state, configure_determinism, restore_rng_state, seed_everything
 
 if TYPE_CHECKING:
@@ -102,6 +104,8 @@ class Trainer:
         self.context = context
         trainer_cfg = cfg.trainer
         self.output_dir = _resolve_output_dir(trainer_cfg.output_dir, context)
+        ensure_writable_output_dir(self.output_dir)  # before anything heavy: a clear error naming the key
+        check_resume_config(cfg, self.output_dir, context.is_main)  # a resume may only change bookkeeping
         configure_determinism(trainer_cfg.deterministic)
         if context.device.type == "cuda":
             enable_tf32()
@@ -318,11 +322,9 @@ class Trainer:
             self.logger.write_summary(summary)
         self.logger.close()
         if stop_reason and self.context.is_main:
-            log.warning(
-                "Stopped by %s at step %d/%d; checkpoint %s. Re-run the same command with "
-                "trainer.output_dir=%s to resume.", stop_reason, progress.step, self.total_steps,
-                self.checkpoints.last_path, self.output_dir,
-            )
+            log.warning(resume_instructions(
+                stop_reason, progress.step, self.total_steps, self.checkpoints.last_path, self.output_dir
+            ))
         return summary
 
     def _train_epoch(self, preemption: PreemptionFlag) -> str:

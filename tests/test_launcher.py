@@ -1,0 +1,110 @@
+"""Preemption through the documented launch paths, on the CPU with gloo: `make <row>` (torchrun through
+novograd.engine.launcher) checkpoints and exits 0 on SIGTERM or SIGUSR1, leaving no worker behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from novograd.engine.compose import CONFIG_DIR
+
+REPO = CONFIG_DIR.parent
+# Two ranks on the regression workload, long enough to be stopped while training.
+RUN = ["debug=regression", "logger=none", "trainer.max_steps=1000000", "trainer.micro_batch_size=4",
+       "trainer.log_every_steps=20"]
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    """The test's Python first on PATH, the repository importable, and a `uv` that runs its command as it is (the
+    Makefile's `$(UV) run --frozen ...`), so `make` runs exactly its recipe in this environment."""
+    fake_uv = tmp_path / "bin" / "uv"
+    fake_uv.parent.mkdir()
+    fake_uv.write_text('#!/bin/sh\n[ "$1" = run ] && shift\n[ "$1" = --frozen ] && shift\nexec "$@"\n')
+    fake_uv.chmod(0o755)
+    return {
+        **os.environ, "OMP_NUM_THREADS": "1", "UV": str(fake_uv),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """pid -> command line of `root`'s descendants, read from /proc."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree[pid] = commands[pid]
+                frontier.append(pid)
+    return tree
+
+
+def wait_for_training(process: subprocess.Popen, metrics: Path) -> None:
+    deadline = time.monotonic() + 180
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+
+
+def assert_checkpointed(output: str, output_dir: Path, signal_name: str) -> None:
+    assert f"Stopped by {signal_name}" in output and "exiting 0" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    state = torch.load(output_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["progress"]["step"] >= 40 and len(state["rng"]) == 2
+
+
+@pytest.mark.distributed
+def test_make_row_stopped_by_sigterm_to_its_launcher_checkpoints_and_exits_0(tmp_path: Path) -> None:
+    runs = REPO / "results" / "runs" / "table1" / "novograd_100ep"
+    runs_before = set(runs.iterdir()) if runs.is_dir() else set()
+    output_dir = tmp_path / "run"
+    command = ["make", "-s", "--no-print-directory", "table1-novograd-100ep", "NPROC=2",
+               f"ARGS={' '.join(RUN)} trainer.output_dir={output_dir}"]
+    env = environment(tmp_path)
+    make = subprocess.Popen([*command, f"UV={env['UV']}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    wait_for_training(make, output_dir / "metrics.jsonl")
+    (launcher,) = [pid for pid, cmd in process_tree(make.pid).items()  # the launcher (torchrun before it), not a worker
+                   if ("novograd.engine.launcher" in cmd or "torchrun" in cmd) and "-u -m novograd.train" not in cmd]
+    os.kill(launcher, signal.SIGTERM)  # what a scheduler or `kill` does to the torchrun of a job
+    output, _ = make.communicate(timeout=120)
+    assert make.returncode == 0, output[-3000:]
+    assert_checkpointed(output, output_dir, "SIGTERM")
+    assert process_tree(make.pid) == {}
+    # Hydra's own run folder (results/runs/<experiment>/<time>/) is not left behind empty.
+    assert (set(runs.iterdir()) if runs.is_dir() else set()) == runs_before
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_sigusr1_to_the_launcher_and_its_workers_checkpoints_and_exits_0(tmp_path: Path) -> None:
+    """SLURM's `--signal=USR1@...` reaches every process of the job step; torchrun alone dies of SIGUSR1."""
+    output_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "novograd.engine.launcher", "--standalone", "--nproc-per-node=2",
+               "-m", "novograd.train", *RUN, f"trainer.output_dir={output_dir}"]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=environment(tmp_path), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for_training(launcher, output_dir / "metrics.jsonl")
+    workers = process_tree(launcher.pid)
+    os.killpg(launcher.pid, signal.SIGUSR1)
+    output, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 0, output[-3000:]
+    assert_checkpointed(output, output_dir, "SIGUSR1")
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers outlived the launcher"
+    assert not (tmp_path / "results").exists()
