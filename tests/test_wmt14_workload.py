@@ -66,3 +66,11 @@ def test_missing_dataset_names_the_prepare_target(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="make prepare-wmt14"):
         run(compose_config(["experiment=table7/novograd", "logger=none", "trainer.device=cpu",
                             f"data.root={tmp_path / 'nowhere'}"], tmp_path / "run"))
+
+
+def test_learn_run_translates_the_learnable_twin(tmp_path: Path) -> None:
+    """debug=learn through the real beam search and BLEU code: BLEU far above 0 (the full 600-step run with Adam
+    reached SacreBLEU 93.4 on the twin's test set)."""
+    summary = run(compose_config(["experiment=table7/adam", "debug=learn", "logger=none", "trainer.max_steps=200",
+                                  "trainer.eval_every_steps=null"], tmp_path))
+    assert summary["sacrebleu"] > 20 and summary["tokenized_bleu"] > 20
