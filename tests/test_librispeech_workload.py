@@ -102,3 +102,27 @@ def test_learn_run_transcribes_the_learnable_twin(tmp_path: Path) -> None:
     summary = run(compose_config(["experiment=table4/novograd", "debug=learn", "logger=none",
                                   "trainer.max_steps=200", "trainer.eval_every_steps=null"], tmp_path))
     assert summary["wer_dev_clean"] < 20.0
+
+
+@pytest.mark.distributed
+def test_two_ranks_match_one_process_with_the_same_micro_batches(tmp_path: Path) -> None:
+    """2 ranks x micro-batches of 4 = 1 process x 2 micro-batches of 4: the same micro-batches (micro-batch i of
+    a step runs on rank i % 2), so even BatchNorm's per-micro-batch statistics agree and the weights are equal."""
+    import os
+    import subprocess
+    import sys
+
+    from novograd.engine.compose import CONFIG_DIR
+
+    common = [*SMOKE, "model.dropout=0.0", "trainer.eval_every_steps=null", "trainer.micro_batch_size=4"]
+    run(compose_config(common, tmp_path / "single"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+               "novograd.train", *common, f"trainer.output_dir={tmp_path / 'ddp'}"]
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300, cwd=CONFIG_DIR.parent)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    single, ddp = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=False)["model"]
+                   for name in ("single", "ddp"))
+    for key, value in single.items():
+        if "running_" not in key and "num_batches" not in key:  # running statistics: DDP keeps rank 0's
+            torch.testing.assert_close(ddp[key], value, rtol=0, atol=1e-5)

@@ -80,3 +80,36 @@ def test_memory_is_what_predicts_the_copied_tokens(tmp_path: Path) -> None:
     without = run(compose_config([*learn, "model.mem_len=0", "data.eval.mem_len=0"], tmp_path / "none"))
     assert without["val_ppl"] > 60
     assert with_memory["val_ppl"] < 0.5 * without["val_ppl"]
+
+
+@pytest.mark.distributed
+def test_resume_on_two_ranks_regroups_the_memory_and_matches_one_process(tmp_path: Path) -> None:
+    """Stopped by one process at step 3, resumed by two (each rank owning half the streams and their memories
+    from the one checkpoint): the same weights as one process throughout."""
+    import os
+    import subprocess
+    import sys
+
+    from novograd.engine.compose import CONFIG_DIR
+
+    common = [*SMOKE, "trainer.max_steps=6", "trainer.eval_every_steps=null", "trainer.micro_batch_size=4"]
+    run(compose_config(common, tmp_path / "straight"))
+    run(compose_config([*common, "trainer.stop_at_step=3"], tmp_path / "resumed"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+               "novograd.train", *common, f"trainer.output_dir={tmp_path / 'resumed'}"]
+    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300, cwd=CONFIG_DIR.parent)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    straight, resumed = checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "resumed")
+    assert len(resumed["workload"]) == 2  # each rank saved the memory of its own streams
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-5)
+    merged = {stream: memory for shard in resumed["workload"] for stream, memory in shard["memory"].items()}
+    for stream, memory in straight["workload"][0]["memory"].items():
+        torch.testing.assert_close(merged[stream], memory, rtol=0, atol=1e-5)
+
+
+def test_missing_dataset_names_the_prepare_target(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="make prepare-wikitext103"):
+        run(compose_config(["experiment=table6/novograd_12b", "logger=none", "trainer.device=cpu",
+                            f"data.root={tmp_path / 'nowhere'}"], tmp_path / "run"))

@@ -74,3 +74,14 @@ def test_learn_run_translates_the_learnable_twin(tmp_path: Path) -> None:
     summary = run(compose_config(["experiment=table7/adam", "debug=learn", "logger=none", "trainer.max_steps=200",
                                   "trainer.eval_every_steps=null"], tmp_path))
     assert summary["sacrebleu"] > 20 and summary["tokenized_bleu"] > 20
+
+
+def test_resume_mid_epoch_equals_an_unbroken_run(tmp_path: Path) -> None:
+    common = [*SMOKE, "trainer.max_steps=6", "trainer.eval_every_steps=null"]
+    run(compose_config(common, tmp_path / "straight"))
+    stopped = run(compose_config([*common, "trainer.stop_at_step=3"], tmp_path / "resumed"))
+    assert stopped["preempted"]
+    run(compose_config(common, tmp_path / "resumed"))
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    for key, value in straight.items():
+        assert torch.equal(resumed[key], value), key

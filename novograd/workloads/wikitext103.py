@@ -164,8 +164,14 @@ class WikiText103Workload(Workload):
         self.restored.clear()
 
     def state_dict(self) -> dict[str, Any]:
-        """Each stream's memory, (n_layer, mem_len, d_model) on the CPU, keyed by stream id (not by rank)."""
-        state = {stream: memory for stream, memory in self.restored.items()}
+        """This rank's streams' memories, (n_layer, mem_len, d_model) on the CPU, keyed by stream id (not by rank).
+
+        Once this rank has trained a step it holds the memory of every stream it owns; until then (a checkpoint
+        right after a resume) it passes on what it restored.
+        """
+        if not self.memory:
+            return {"memory": dict(self.restored)}
+        state = {}
         for key, layers in self.memory.items():
             stacked = torch.stack(layers).cpu()  # (n_layer, B, M, d)
             state |= {stream: stacked[:, row] for row, stream in enumerate(key)}
