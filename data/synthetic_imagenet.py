@@ -9,16 +9,13 @@ the same complete folder and nobody reads a half-written one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from data.cache import cached_directory
 
 #: Bump when the generated content changes, so stale caches are not reused.
 _FORMAT_VERSION = 1
@@ -50,24 +47,10 @@ def make_synthetic_imagefolder(
         "image_size": image_size,
         "seed": seed,
     }
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "novograd-synthetic-imagenet"
-    root = base / key
-    if root.is_dir():
-        return root
-    base.mkdir(parents=True, exist_ok=True)
-    staging = base / f".{key}.{os.getpid()}.{uuid.uuid4().hex}"
-    try:
-        _write_images(staging, num_classes, train_images_per_class, val_images_per_class, image_size, seed)
-        (staging / "params.json").write_text(json.dumps(params, indent=2))
-        try:
-            staging.rename(root)
-        except OSError:
-            if not root.is_dir():  # not a lost race with another writer: a real failure
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    def write(root: Path) -> None:
+        _write_images(root, num_classes, train_images_per_class, val_images_per_class, image_size, seed)
+
+    return cached_directory("imagenet", params, write, cache_dir)
 
 
 def _write_images(

@@ -20,18 +20,14 @@ into place; the first rename wins and the others discard their copy.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
+from data.cache import cached_directory
 from data.librispeech import EVAL_SPLITS, SAMPLE_RATE, VOCABULARY, write_manifest
 
 #: Bump when the generated content changes, so stale caches are not reused.
@@ -67,30 +63,17 @@ def make_synthetic_librispeech(
     if num_train < 1 or num_eval < 1:
         raise ValueError(f"synthetic LibriSpeech needs num_train >= 1 and num_eval >= 1, got {num_train}, {num_eval}")
     params = {"version": _FORMAT_VERSION, "kind": kind, "num_train": num_train, "num_eval": num_eval, "seed": seed}
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    base = Path(directory) if directory is not None else Path(tempfile.gettempdir()) / "novograd-synthetic-librispeech"
-    root = base / f"{kind}-{key}"
     sizes = {TRAIN_SPLIT: num_train, **{split: num_eval for split in EVAL_SPLITS}}
-    manifests = {split: root / f"{split}.json" for split in sizes}
-    if root.is_dir():
-        return manifests
-    base.mkdir(parents=True, exist_ok=True)
-    staging = base / f".{kind}-{key}.{os.getpid()}.{uuid.uuid4().hex}"
-    try:
+
+    def write(root: Path) -> None:
         utterance = _smoke_utterance if kind == "smoke" else _learnable_utterance
         for split_index, (split, size) in enumerate(sizes.items()):
             rng = np.random.default_rng([seed, split_index])
-            _write_split(staging / "LibriSpeech" / split, split_index, size, utterance, rng)
-            write_manifest(staging / "LibriSpeech" / split, staging / f"{split}.json")
-        (staging / "params.json").write_text(json.dumps(params, indent=2))
-        try:
-            staging.rename(root)
-        except OSError:
-            if not root.is_dir():  # not a lost race with another writer: a real failure
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return manifests
+            _write_split(root / "LibriSpeech" / split, split_index, size, utterance, rng)
+            write_manifest(root / "LibriSpeech" / split, root / f"{split}.json")
+
+    root = cached_directory("librispeech", params, write, directory, prefix=f"{kind}-")
+    return {split: root / f"{split}.json" for split in sizes}
 
 
 def _write_split(

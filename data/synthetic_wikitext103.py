@@ -32,17 +32,13 @@ place; the first rename wins and the others discard their copy.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from data.cache import cached_directory
 from data.wikitext103 import EOS, SPLITS, TEXT_FILES, write_corpus
 
 #: Bump when the generated content changes, so stale caches are not reused.
@@ -130,24 +126,10 @@ def make_synthetic_wikitext103(
         "vocab_size": vocab_size,
         **({"copy_distance": copy_distance, "copy_prob": copy_prob} if kind == "learnable" else {}),
     }
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    base = Path(directory) if directory is not None else Path(tempfile.gettempdir()) / "novograd-synthetic-wikitext103"
-    root = base / key
-    if root.is_dir():
-        return root
-    base.mkdir(parents=True, exist_ok=True)
-    staging = base / f".{key}.{os.getpid()}.{uuid.uuid4().hex}"
-    try:
-        _write_corpus(staging, kind, num_train_tokens, num_eval_tokens, seed, vocab_size, copy_distance, copy_prob)
-        (staging / "params.json").write_text(json.dumps(params, indent=2))
-        try:
-            staging.rename(root)
-        except OSError:
-            if not root.is_dir():  # not a lost race with another writer: a real failure
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    def write(root: Path) -> None:
+        _write_corpus(root, kind, num_train_tokens, num_eval_tokens, seed, vocab_size, copy_distance, copy_prob)
+
+    return cached_directory("wikitext103", params, write, directory)
 
 
 def _write_corpus(

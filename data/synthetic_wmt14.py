@@ -18,16 +18,13 @@ directory, then renamed into place, so concurrent ranks or tests never read a ha
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from data.cache import cached_directory
 from data.wmt14 import prepare_translation_data
 
 #: Bump when the generated content changes, so stale caches are not reused.
@@ -75,28 +72,14 @@ def make_synthetic_wmt14(
         "num_words": num_words,
         "seed": seed,
     }
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "novograd-synthetic-wmt14"
-    root = base / key
-    if (root / "meta.json").is_file():
-        return root
-    base.mkdir(parents=True, exist_ok=True)
-    staging = base / f".{key}.{os.getpid()}.{uuid.uuid4().hex}"
-    try:
-        texts = _write_text(staging / "raw", kind, num_train, num_eval, num_words, seed)
-        prepare_translation_data(staging, texts, languages=("synthetic-src", "synthetic-tgt"),
+    def write(root: Path) -> None:
+        texts = _write_text(root / "raw", kind, num_train, num_eval, num_words, seed)
+        prepare_translation_data(root, texts, languages=("synthetic-src", "synthetic-tgt"),
                                  vocab_size=vocab_size, character_coverage=1.0, seed=seed,
                                  source=f"synthetic {kind}", log=lambda message: None)
-        shutil.rmtree(staging / "raw")  # the evaluation splits keep their own copy of the raw text
-        (staging / "params.json").write_text(json.dumps(params, indent=2))
-        try:
-            staging.rename(root)
-        except OSError:
-            if not (root / "meta.json").is_file():  # not a lost race with another writer: a real failure
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+        shutil.rmtree(root / "raw")  # the evaluation splits keep their own copy of the raw text
+
+    return cached_directory("wmt14", params, write, cache_dir)
 
 
 def _write_text(
