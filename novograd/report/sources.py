@@ -40,7 +40,6 @@ class Run:
     experiment: str
     config: dict[str, Any]
     summary: dict[str, Any]
-    origin: str  # the output directory or the W&B run path, for messages
     history: Callable[[str], list[Record]] = field(repr=False)
 
 
@@ -74,7 +73,7 @@ def local_runs(runs_dir: Path) -> list[Run]:
         summary = json.loads(summary_path.read_text())
         experiment = config.get("experiment_name")  # type: ignore[union-attr]
         if experiment and not summary.get("preempted"):
-            runs.append(Run(experiment, config, summary, str(summary_path.parent),  # type: ignore[arg-type]
+            runs.append(Run(experiment, config, summary,  # type: ignore[arg-type]
                             _jsonl_history(summary_path.with_name(METRICS_FILE))))
     return runs
 
@@ -83,7 +82,6 @@ def local_runs(runs_dir: Path) -> list[Run]:
 class WandbRun(Protocol):
     """What the report reads of a `wandb.apis.public.Run`."""
 
-    path: list[str]
     config: dict[str, Any]
     summary_metrics: dict[str, Any]
 
@@ -138,5 +136,5 @@ def wandb_runs(api: WandbApi, entity: str | None, project: str, experiments: Ite
         summary = final_metrics(dict(run.summary_metrics))
         experiment = config.get("experiment_name")
         if experiment and summary and not summary.get("preempted"):
-            runs.append(Run(experiment, config, summary, "/".join(run.path), _wandb_history(run)))
+            runs.append(Run(experiment, config, summary, _wandb_history(run)))
     return runs

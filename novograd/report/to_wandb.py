@@ -55,8 +55,8 @@ def dln_payload(dln_dir: Path) -> dict[str, Any]:
 
     payload: dict[str, Any] = {f"dln/{path.stem}": wandb.Image(str(path)) for path in sorted(dln_dir.glob("*.png"))}
     summary_path = dln_dir / "summary.json"
-    if summary_path.is_file():
-        runs = json.loads(summary_path.read_text())["runs"]
+    runs = json.loads(summary_path.read_text())["runs"] if summary_path.is_file() else []
+    if runs:
         columns = list(runs[0])
         payload["dln/verdicts"] = wandb.Table(columns=columns, data=[[_cell(run.get(c)) for c in columns]
                                                                      for run in runs])
