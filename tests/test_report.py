@@ -1,30 +1,22 @@
 """`make tables`: the paper's numbers beside the runs that reproduce each row; other runs are variants."""
 
-import json
-
+import numpy as np
+import pytest
 from omegaconf import OmegaConf
+from report_runs import jasper_records, run_config, write_run
 
-from novograd.engine.compose import compose_config
-from novograd.report.tables import PAPER_TABLES, main
+from novograd.report.sources import local_runs
+from novograd.report.tables import PAPER_TABLES, Stat, main, metric_stat
 
 ROW = "table1/novograd_100ep"
 
 
-def run_config(experiment, *overrides):
-    """A run's config.yaml as `python -m novograd.train experiment=<experiment> <overrides>` writes it."""
-    cfg = OmegaConf.to_container(compose_config([f"experiment={experiment}", *overrides], "results/runs/x"), resolve=True)
-    return {**cfg, "experiment_name": experiment}
-
-
-def write_run(root, name, config, summary):
-    run = root / name
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(OmegaConf.to_yaml(config))
-    (run / "summary.json").write_text(json.dumps(summary))
-
-
 def table_lines(tmp_path, table):
     return (tmp_path / "tables" / f"{table}.md").read_text().splitlines()
+
+
+def report(tmp_path, runs):
+    main(["--runs", str(runs), "--out", str(tmp_path / "tables"), "--figures", str(tmp_path / "figures")])
 
 
 def test_tables_put_the_mean_of_reproducing_runs_beside_the_paper(tmp_path):
@@ -33,11 +25,11 @@ def test_tables_put_the_mean_of_reproducing_runs_beside_the_paper(tmp_path):
     write_run(runs, "b", run_config(ROW, "seed=1"), {"top1": 77.0, "top5": 93.5})  # a replica
     write_run(runs, "c", run_config(ROW), {"top1": 10.0, "top5": 20.0, "preempted": True})
     write_run(runs, "d", {**run_config(ROW, "debug=smoke"), "experiment_name": None}, {"top1": 50.0})  # debug run
-    main(["--runs", str(runs), "--out", str(tmp_path / "tables")])
+    report(tmp_path, runs)
 
     table1 = table_lines(tmp_path, "table1")
     row = next(line for line in table1 if f"`{ROW}`" in line)
-    assert "| 76.94 | 76.50 (n=2) | 93.41 | 93.25 (n=2) | 2 |" in row
+    assert "| 76.94 | 76.50 ± 0.71 (n=2) | 93.41 | 93.25 ± 0.35 (n=2) | 2 |" in row
     sgd = next(line for line in table1 if "`table1/sgd_100ep`" in line)
     assert "| 76.38 | - | 93.08 | - | 0 |" in sgd
     assert not any("Variants" in line for line in table1)
@@ -56,7 +48,7 @@ def test_runs_that_change_what_defines_the_row_are_variants_outside_the_mean(tmp
                       "trainer.micro_batch_size=4", "trainer.max_steps=4", "trainer.precision=fp32",
                       "trainer.device=cpu", "logger=none")
     write_run(runs, "tiny", tiny, {"top1": 37.5, "top5": 100.0})
-    main(["--runs", str(runs), "--out", str(tmp_path / "tables")])
+    report(tmp_path, runs)
 
     table1 = table_lines(tmp_path, "table1")
     row = next(line for line in table1 if line.startswith("| NovoGrad") and f"`{ROW}`" in line)
@@ -64,7 +56,7 @@ def test_runs_that_change_what_defines_the_row_are_variants_outside_the_mean(tmp
     variants = [line for line in table1 if line.startswith(f"| `{ROW}` |")]
     assert len(variants) == 2
     assert ("| `table1/novograd_100ep` | optimizer.lr 0.01 instead of 0.007; trainer.epochs 50 instead of 100 "
-            "| 71.00 (n=2) | 90.50 (n=2) | 2 |") in variants
+            "| 71.00 ± 1.41 (n=2) | 90.50 ± 0.71 (n=2) | 2 |") in variants
     (tiny_line,) = [line for line in variants if "37.50" in line]
     for expected in ("model.blocks [1, 1, 1, 1] instead of [3, 4, 6, 3]", "data.num_classes 4 instead of 1000",
                      "trainer.batch_size 8 instead of 1024", "trainer.max_steps 4 instead of null"):
@@ -107,6 +99,52 @@ def test_every_paper_row_names_an_experiment_config_that_exists_or_is_a_later_wo
             assert (configs / f"{experiment}.yaml").is_file(), experiment
 
 
-def test_a_missing_runs_directory_gives_tables_of_paper_values_only(tmp_path):
-    main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "tables")])
+def test_a_missing_runs_directory_gives_tables_of_paper_values_only(tmp_path, capsys):
+    report(tmp_path, tmp_path / "none")
     assert "| 28.80 | - | 29.35 | - | 0 |" in (tmp_path / "tables" / "table7.md").read_text()
+    out = capsys.readouterr().out
+    assert "No finished runs in" in out and "the tables hold the paper's values only" in out
+    assert "Figure 3: no runs yet for table5/novograd_b512, table5/novograd_b4k" in out
+    assert "Figure 4: no runs yet for table6/adam_12b, table6/novograd_12b;" in out
+    assert not (tmp_path / "figures").exists()
+
+
+def test_the_committed_tables_are_what_make_tables_writes_without_runs(tmp_path):
+    """results/tables/*.md on a fresh clone: regenerated identically, so the committed files are not stale."""
+    report(tmp_path, tmp_path / "none")
+    committed = PAPER_TABLES.parents[1] / "tables"
+    for path in sorted((tmp_path / "tables").iterdir()):
+        assert path.read_text() == (committed / path.name).read_text(), path.name
+
+
+def test_the_spread_is_the_sample_standard_deviation():
+    class Summary:
+        def __init__(self, value):
+            self.summary = {"wer_dev_clean": value, "wer_dev_other": None}
+
+    values = [3.61, 3.70, 3.58, 3.93]
+    stat = metric_stat([Summary(v) for v in values], "wer_dev_clean")
+    assert stat.count == 4 and stat.mean == pytest.approx(np.mean(values))
+    assert stat.std == pytest.approx(np.std(values, ddof=1))
+    assert str(stat) == f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f} (n=4)"
+    assert metric_stat([Summary(3.6)], "wer_dev_clean") == Stat(3.6, None, 1)
+    assert str(Stat(3.6, None, 1)) == "3.60"
+    assert metric_stat([Summary(3.6)], "wer_dev_other") is None  # a metric no run has
+
+
+def test_new_workloads_columns_and_local_histories(tmp_path):
+    """Table 4's four WER columns from summary.json; the history of each metric from metrics.jsonl."""
+    runs = tmp_path / "runs"
+    wers = {"wer_dev_clean": 3.5, "wer_dev_other": 11.0, "wer_test_clean": 3.9, "wer_test_other": 12.0}
+    write_run(runs, "jasper", run_config("table4/novograd"), wers, jasper_records(3.5, epochs=3))
+    report(tmp_path, runs)
+    row = next(line for line in table_lines(tmp_path, "table4") if "`table4/novograd`" in line)
+    assert "| 3.64 | 3.50 | 11.89 | 11.00 | 3.86 | 3.90 | 11.95 | 12.00 | 1 |" in row
+
+    (run,) = local_runs(runs)
+    assert run.experiment == "table4/novograd" and run.summary == wers
+    assert run.history("eval/wer_dev_clean") == [
+        {"step": 10, "epoch": 1.0, "eval/wer_dev_clean": 83.5}, {"step": 20, "epoch": 2.0, "eval/wer_dev_clean": 43.5},
+        {"step": 30, "epoch": 3.0, "eval/wer_dev_clean": 3.5 + 80 / 3}]
+    assert [r["step"] for r in run.history("train/loss")] == [5, 15, 25]
+    assert run.history("eval/val_ppl") == []

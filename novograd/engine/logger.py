@@ -3,6 +3,16 @@
 W&B runs offline when no API key is configured (or when WANDB_MODE says so) and prints the `wandb sync` command
 that uploads every segment of the run; the run id lives in the checkpoint so a resumed run continues the same W&B
 run.
+
+A W&B run is laid out for comparing the optimizers of a paper table in the dashboard:
+- `group` is the paper table (`table5`; `logger.group`, else the table of `experiment_name`) and `job_type` the
+  optimizer, so grouping the runs by group, then by job type, gives the paper's layout;
+- the config holds the resolved config as `config.yaml` does (nested: the dashboard shows `optimizer.lr`, and the
+  report's row matching reads it back), plus flat keys for the usual filters (`dashboard_config`), among them
+  the world size, which the config does not hold;
+- the summary holds the final metrics as `summary.json` does, under `final/<column>` with the paper's column names
+  (`final/top1`, `final/wer_dev_clean`, ...), and each evaluated metric's best value under `eval/<column>` (the
+  highest top-1 or BLEU, the lowest WER or perplexity: the workload's `metric_goals`).
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+STEP_METRIC = "trainer/step"  # the x axis of every W&B chart (W&B's own `_step` counts log calls)
+FINAL_PREFIX = "final/"  # summary keys of the final metrics (`summary.json`)
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:
@@ -55,6 +67,41 @@ def wandb_sync_command(wandb_dir: Path, run_id: str | None) -> str:
     return "wandb sync " + " ".join(str(segment) for segment in segments)
 
 
+def dashboard_config(run_config: dict[str, Any], total_steps: int, world_size: int) -> dict[str, Any]:
+    """The flat keys a run's W&B config holds beside the nested resolved config, to filter and group by in the
+    dashboard: the paper table and row, what the paper varies between rows, and how the run ran. `table` and `row`
+    are None for runs of no paper row (`debug=...`)."""
+    experiment = run_config.get("experiment_name")
+    optimizer = run_config.get("optimizer") or {}
+    trainer = run_config.get("trainer") or {}
+    return {
+        "table": experiment.split("/")[0] if experiment else None,
+        "row": experiment,
+        "optimizer_name": optimizer_name(optimizer),
+        "lr": optimizer.get("lr"),
+        "weight_decay": optimizer.get("weight_decay"),
+        "batch_size": trainer.get("batch_size"),
+        "epochs": trainer.get("epochs"),
+        "max_steps": trainer.get("max_steps"),
+        "total_steps": total_steps,
+        "precision": trainer.get("precision"),
+        "world_size": world_size,
+        "seed": run_config.get("seed"),
+    }
+
+
+def optimizer_name(optimizer: dict[str, Any]) -> str:
+    """`optimizer.name`, else the class of `optimizer._target_` (lower case)."""
+    return str(optimizer.get("name") or str(optimizer.get("_target_", "optimizer")).rsplit(".", 1)[-1]).lower()
+
+
+def _world_size() -> int:
+    """The number of ranks: the trainer has set up the process group before it builds the logger."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 class RunLogger:
     """Writes metrics of the main rank to every sink; on other ranks every method is a no-op."""
 
@@ -79,7 +126,8 @@ class RunLogger:
             return
         truncate_metrics(self.metrics_path, start_step)
         if wandb_settings is not None:
-            self.wandb_run = self._start_wandb(output_dir, wandb_settings, metric_goals, run_config, run_id)
+            wandb_config = run_config | dashboard_config(run_config, total_steps, _world_size())
+            self.wandb_run = self._start_wandb(output_dir, wandb_settings, metric_goals, wandb_config, run_id)
             self.run_id = self.wandb_run.id
         if show_progress:
             from tqdm import tqdm
@@ -100,7 +148,8 @@ class RunLogger:
         run = wandb.init(
             project=settings["project"],
             entity=settings.get("entity"),
-            group=settings.get("group"),
+            group=settings.get("group") or run_config["table"],
+            job_type=run_config["optimizer_name"],
             name=settings["name"],
             tags=list(settings.get("tags") or []),
             notes=settings.get("notes"),
@@ -110,11 +159,11 @@ class RunLogger:
             resume="allow",
             mode=mode,
         )
-        run.define_metric("trainer/step")
-        run.define_metric("*", step_metric="trainer/step")
+        run.define_metric(STEP_METRIC)
+        run.define_metric("*", step_metric=STEP_METRIC)
         for name, goal in metric_goals.items():
             # The run summary shows the best value (highest top-1, lowest WER/PPL) instead of the last one.
-            run.define_metric(f"eval/{name}", summary=goal, step_metric="trainer/step")
+            run.define_metric(f"eval/{name}", summary=goal, step_metric=STEP_METRIC)
         return run
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -123,7 +172,7 @@ class RunLogger:
         with self.metrics_path.open("a") as file:
             file.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.wandb_run is not None:
-            self.wandb_run.log({"trainer/step": step, **metrics})
+            self.wandb_run.log({STEP_METRIC: step, **metrics})
 
     def advance(self, steps: int, postfix: dict[str, str]) -> None:
         """Move the progress bar (ETA comes from its rate) and show the latest loss, lr and throughput."""
@@ -135,7 +184,10 @@ class RunLogger:
         if not self.enabled:
             return
         if self.wandb_run is not None:
-            self.wandb_run.summary.update({f"final/{k}": v for k, v in summary.items()})
+            # A resumed run updates the summary of its preempted segment: `preempted` is always written, so that
+            # the finished run does not keep the segment's `final/preempted: true`.
+            summary = {"preempted": False, "stop_reason": ""} | summary
+            self.wandb_run.summary.update({f"{FINAL_PREFIX}{k}": v for k, v in summary.items()})
 
     def close(self) -> None:
         if self.progress is not None:

@@ -1,18 +1,19 @@
-"""The paper's tables with your runs beside them: `make tables` (`python -m novograd.report.tables`).
+"""The paper's tables and figures with your runs beside them: `make tables` (`python -m novograd.report.tables`).
 
-Reads the paper's numbers from `results/paper/tables.yaml` and every finished run under `results/runs/` (a run is
-a directory with `summary.json` and `config.yaml`; its `experiment_name` says which row it ran; preempted runs are
-skipped), and writes one Markdown table per paper table to `results/tables/<table>.md`: the paper's value and the
-mean over the runs that reproduce the row (with their count), for each of the paper's columns. A run reproduces
-its row only when its config matches the row's own config on every key that defines the row
-(`novograd/report/matching.py`); the row's other runs are listed below the table as variants, grouped by what
-differs, and are never in the row's mean.
+Reads the paper's numbers from `results/paper/tables.yaml` and every finished run, from `results/runs/` (a run is
+a directory with `summary.json` and `config.yaml`; its `experiment_name` says which row it ran) or from a W&B
+project (`--from wandb`); preempted runs are left out. Writes one Markdown table per paper table to
+`results/tables/<table>.md`: the paper's value, and the mean, sample standard deviation and count of the runs that
+reproduce the row, for each of the paper's columns. A run reproduces its row only when its config matches the
+row's own config on every key that defines the row (`novograd/report/matching.py`); the row's other runs are
+listed below the table as variants, grouped by what differs, and are never in the row's mean. Figures 3 and 4 are
+drawn from the same runs' histories into `results/figures/` (`novograd/report/figures.py`). `--to wandb` also logs
+every table and figure to one run of the W&B project (`novograd/report/to_wandb.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,18 +23,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from novograd.report.matching import row_config, row_differences
+from novograd.report.sources import Run, local_runs, wandb_api, wandb_runs
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_TABLES = REPO / "results" / "paper" / "tables.yaml"
-
-
-@dataclass
-class Run:
-    """A finished run: the row it ran, its resolved config and its final metrics."""
-
-    experiment: str
-    config: dict[str, Any]
-    summary: dict[str, Any]
+DEFAULT_PROJECT = "novograd"  # configs/logger/wandb.yaml
 
 
 @dataclass
@@ -44,19 +38,40 @@ class RowRuns:
     variants: dict[tuple[str, ...], list[Run]]
 
 
-def collect_runs(runs_dir: Path) -> list[Run]:
-    """Every finished run under `runs_dir` that names the experiment it ran."""
-    runs = []
-    for summary_path in sorted(runs_dir.rglob("summary.json")):
-        config_path = summary_path.with_name("config.yaml")
-        if not config_path.is_file():
-            continue
-        config = OmegaConf.to_container(OmegaConf.load(config_path))
-        summary = json.loads(summary_path.read_text())
-        experiment = config.get("experiment_name")  # type: ignore[union-attr]
-        if experiment and not summary.get("preempted"):
-            runs.append(Run(experiment, config, summary))  # type: ignore[arg-type]
-    return runs
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (None for one run) and count of one metric over runs."""
+
+    mean: float
+    std: float | None
+    count: int
+
+    def __str__(self) -> str:
+        if self.std is None:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.count})"
+
+
+@dataclass
+class Line:
+    """One line of a report table: a paper row (no `differences`), or a group of runs of the row's experiment that
+    differ from it in the same way (a variant, no paper values)."""
+
+    label: str
+    experiment: str | None  # None: another paper's result, quoted by the paper
+    differences: tuple[str, ...]
+    paper: dict[str, float]
+    stats: dict[str, Stat | None]  # per metric; None when no run has it
+    runs: int
+
+
+def load_paper_tables(path: Path = PAPER_TABLES) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+
+
+def paper_experiments(tables: dict[str, Any]) -> set[str]:
+    """Every experiment that is a paper row."""
+    return {row["experiment"] for table in tables.values() for row in table["rows"] if "experiment" in row}
 
 
 def sort_runs(runs: list[Run]) -> dict[str, RowRuns]:
@@ -75,73 +90,113 @@ def sort_runs(runs: list[Run]) -> dict[str, RowRuns]:
     return by_experiment
 
 
-def _cell(values: list[float]) -> str:
+def metric_stat(runs: list[Run], metric: str) -> Stat | None:
+    """The metric's mean, spread and count over the runs whose summary has it."""
+    values = [float(run.summary[metric]) for run in runs if run.summary.get(metric) is not None]
     if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} (n={len(values)})"
+        return None
+    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
 
 
-def _mean_cells(runs: list[Run], metrics: dict[str, str]) -> list[str]:
-    return [_cell([run.summary[metric] for run in runs if metric in run.summary]) for metric in metrics]
+def table_lines(table: dict[str, Any], rows: dict[str, RowRuns]) -> list[Line]:
+    """The table's paper rows, each with the statistics of its reproducing runs, then its rows' variants."""
+    metrics = list(table["metrics"])
+    paper_lines, variant_lines = [], []
+    for row in table["rows"]:
+        experiment = row.get("experiment")
+        row_runs = rows.get(experiment) or RowRuns([], {})
+        stats = {metric: metric_stat(row_runs.reproducing, metric) for metric in metrics}
+        paper_lines.append(Line(row["label"], experiment, (), row["paper"], stats, len(row_runs.reproducing)))
+        for differences, runs in row_runs.variants.items():
+            stats = {metric: metric_stat(runs, metric) for metric in metrics}
+            variant_lines.append(Line(row["label"], experiment, differences, {}, stats, len(runs)))
+    return paper_lines + variant_lines
 
 
-def render_table(table: dict[str, Any], rows: dict[str, RowRuns]) -> str:
-    """One paper table as Markdown: per row and column, the paper's value and the mean of the reproducing runs;
+def render_markdown(table: dict[str, Any], lines: list[Line]) -> str:
+    """One paper table as Markdown: per row and column the paper's value and the reproducing runs' statistics;
     then the variants of its rows."""
     metrics: dict[str, str] = table["metrics"]
     header = ["row", *(f"{title} {source}" for title in metrics.values() for source in ("(paper)", "(ours)")), "runs"]
-    lines = [f"### {table['title']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    variant_lines = []
-    for row in table["rows"]:
-        experiment = row.get("experiment")
-        row_runs = rows.get(experiment, RowRuns([], {})) if experiment else RowRuns([], {})
-        cells = [f"{row['label']}" + (f" (`{experiment}`)" if experiment else " (reference, not a run)")]
-        ours = _mean_cells(row_runs.reproducing, metrics) if experiment else [""] * len(metrics)
-        for metric, mine in zip(metrics, ours):
-            paper = row["paper"].get(metric)
-            cells.append(f"{paper:.2f} | {mine}" if paper is not None else f"- | {mine}")
-        cells.append(str(len(row_runs.reproducing)) if experiment else "")
-        lines.append("| " + " | ".join(cells) + " |")
-        for differences, runs in row_runs.variants.items():
-            variant_lines.append(
-                f"| `{experiment}` | {'; '.join(differences)} | " + " | ".join(_mean_cells(runs, metrics))
-                + f" | {len(runs)} |"
-            )
-    if variant_lines:
-        lines += [
+    out = [f"### {table['title']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    variants = []
+    for line in lines:
+        ours = [str(line.stats[metric] or "-") for metric in metrics]
+        if line.differences:
+            variants.append(f"| `{line.experiment}` | {'; '.join(line.differences)} | " + " | ".join(ours)
+                            + f" | {line.runs} |")
+            continue
+        if line.experiment is None:
+            cells = [f"{line.label} (reference, not a run)"] + [
+                f"{line.paper[metric]:.2f} | " if metric in line.paper else "- | " for metric in metrics] + [""]
+        else:
+            cells = [f"{line.label} (`{line.experiment}`)"] + [
+                (f"{line.paper[metric]:.2f}" if metric in line.paper else "-") + f" | {mine}"
+                for metric, mine in zip(metrics, ours)] + [str(line.runs)]
+        out.append("| " + " | ".join(cells) + " |")
+    if any(line.runs > 1 for line in lines):
+        out += ["", "Ours: mean ± sample standard deviation (n = runs) where several runs reproduce a row."]
+    if variants:
+        out += [
             "", "Variants: runs of these rows' experiments that differ from the row's config (not in the means above).",
             "", "| row | differs from the row | " + " | ".join(metrics.values()) + " | runs |",
-            "|" + "---|" * (len(metrics) + 3), *variant_lines,
+            "|" + "---|" * (len(metrics) + 3), *variants,
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(out) + "\n"
 
 
-def write_tables(runs_dir: Path, out_dir: Path, paper_tables: Path = PAPER_TABLES) -> list[Path]:
-    """Write `out_dir/<table>.md` for every table of the paper; returns the files written."""
-    tables = OmegaConf.to_container(OmegaConf.load(paper_tables))
-    runs = collect_runs(runs_dir) if runs_dir.is_dir() else []
-    rows = sort_runs(runs)
-    paper_rows = {row.get("experiment") for t in tables.values() for row in t["rows"]}  # type: ignore[union-attr]
-    unknown = sorted({run.experiment for run in runs} - (paper_rows & set(rows)))
+def write_tables(tables: dict[str, Any], rows: dict[str, RowRuns], out_dir: Path) -> dict[str, list[Line]]:
+    """Write `out_dir/<table>.md` for every table of the paper; returns each table's lines."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, table in tables.items():  # type: ignore[union-attr]
-        path = out_dir / f"{name}.md"
-        path.write_text(render_table(table, rows))
-        written.append(path)
-    if unknown:
-        print(f"Runs of experiments that are no paper row with a config, not tabulated: {', '.join(unknown)}")
-    return written
+    lines = {}
+    for name, table in tables.items():
+        lines[name] = table_lines(table, rows)
+        (out_dir / f"{name}.md").write_text(render_markdown(table, lines[name]))
+    return lines
+
+
+def collect(source: str, runs_dir: Path, entity: str | None, project: str, tables: dict[str, Any]) -> list[Run]:
+    """The finished runs of the chosen source."""
+    if source == "wandb":
+        return wandb_runs(wandb_api(), entity, project, paper_experiments(tables))
+    return local_runs(runs_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from novograd.report.figures import write_figures
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=REPO / "results" / "runs", help="where the runs are")
+    parser.add_argument("--from", dest="source", choices=("local", "wandb"), default="local",
+                        help="read the runs from --runs (default) or from the W&B project --entity/--project")
+    parser.add_argument("--runs", type=Path, default=REPO / "results" / "runs", help="where the local runs are")
+    parser.add_argument("--entity", default=None, help="W&B entity (default: your key's default entity)")
+    parser.add_argument("--project", default=DEFAULT_PROJECT, help="W&B project (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "tables", help="where the tables go")
+    parser.add_argument("--figures", type=Path, default=REPO / "results" / "figures", help="where the figures go")
+    parser.add_argument("--to", choices=("files", "wandb"), default="files",
+                        help="wandb: also log the tables, figures and the DLN study's figures to one run of the "
+                             "W&B project (the files are written either way)")
+    parser.add_argument("--dln", type=Path, default=REPO / "results" / "dln",
+                        help="the deep linear network study's output (`make dln`), logged with --to wandb")
     args = parser.parse_args(argv)
-    for path in write_tables(args.runs, args.out):
-        print(path)
+
+    tables = load_paper_tables()
+    runs = collect(args.source, args.runs, args.entity, args.project, tables)
+    where = f"W&B project {args.project}" if args.source == "wandb" else str(args.runs)
+    rows = sort_runs(runs)
+    unknown = sorted({run.experiment for run in runs} - (paper_experiments(tables) & set(rows)))
+    if not runs:
+        print(f"No finished runs in {where}: the tables hold the paper's values only.")
+    if unknown:
+        print(f"Runs of experiments that are no paper row with a config, not tabulated: {', '.join(unknown)}")
+    lines = write_tables(tables, rows, args.out)
+    for name in tables:
+        print(args.out / f"{name}.md")
+    figures = write_figures(tables, rows, args.figures)
+    if args.to == "wandb":
+        from novograd.report.to_wandb import log_comparison
+
+        log_comparison(tables, lines, figures, args.dln, args.entity, args.project, args.out.parent)
 
 
 if __name__ == "__main__":

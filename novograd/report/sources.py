@@ -1,0 +1,140 @@
+"""Where the report finds finished runs: output directories on this machine, or the W&B API.
+
+Both sources give the same `Run`: the row it ran (`experiment_name`), its resolved config (nested, as
+`config.yaml` holds it, so that `novograd.report.matching` applies one rule to both), its final metrics under the
+paper's column names, and its logged history for the figures.
+
+- Local (`local_runs`): every directory under `results/runs/` with `summary.json` and `config.yaml`; the history is
+  its `metrics.jsonl`.
+- W&B (`wandb_runs`): the runs of a project whose group is a paper table and whose `experiment_name` is a paper row;
+  the final metrics are the `final/<column>` summary keys `novograd.engine.logger.RunLogger` writes at the end of a
+  run (a run without them has not finished), the history comes from `scan_history`.
+
+Preempted runs (stopped before the end, to be resumed) are left out by both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import OmegaConf
+
+from novograd.engine.logger import FINAL_PREFIX, METRICS_FILE, STEP_METRIC, wandb_api_key_configured
+from novograd.engine.run_config import CONFIG_FILE
+
+SUMMARY_FILE = "summary.json"  # written by novograd/engine/trainer.py at the end of a run
+
+# One point of a run's history: "step", "epoch" and the metric asked for.
+Record = dict[str, float]
+
+
+@dataclass
+class Run:
+    """A finished run: the row it ran, its resolved config, its final metrics, and its history by metric."""
+
+    experiment: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    history: Callable[[str], list[Record]] = field(repr=False)
+
+
+# ------------------------------------------------------------------------------------------------------ local files
+def _jsonl_history(path: Path) -> Callable[[str], list[Record]]:
+    """The records of `metrics.jsonl` that hold a metric (the file is read once, on the first request)."""
+
+    @cache
+    def records() -> list[dict[str, Any]]:
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def history(metric: str) -> list[Record]:
+        return [
+            {"step": r["step"], "epoch": r.get("epoch", float("nan")), metric: r[metric]}
+            for r in records() if metric in r
+        ]
+
+    return history
+
+
+def local_runs(runs_dir: Path) -> list[Run]:
+    """Every finished run under `runs_dir` that names the experiment it ran (none when the directory is absent)."""
+    runs = []
+    for summary_path in sorted(runs_dir.rglob(SUMMARY_FILE)) if runs_dir.is_dir() else []:
+        config_path = summary_path.with_name(CONFIG_FILE)
+        if not config_path.is_file():
+            continue
+        config = OmegaConf.to_container(OmegaConf.load(config_path))
+        summary = json.loads(summary_path.read_text())
+        experiment = config.get("experiment_name")  # type: ignore[union-attr]
+        if experiment and not summary.get("preempted"):
+            runs.append(Run(experiment, config, summary,  # type: ignore[arg-type]
+                            _jsonl_history(summary_path.with_name(METRICS_FILE))))
+    return runs
+
+
+# ------------------------------------------------------------------------------------------------------------ W&B
+class WandbRun(Protocol):
+    """What the report reads of a `wandb.apis.public.Run`."""
+
+    config: dict[str, Any]
+    summary_metrics: dict[str, Any]
+
+    def scan_history(self, keys: list[str]) -> Iterable[dict[str, Any]]: ...
+
+
+class WandbApi(Protocol):
+    """What the report asks of `wandb.Api()`."""
+
+    def runs(self, path: str, filters: dict[str, Any]) -> Iterable[WandbRun]: ...
+
+
+def wandb_api() -> WandbApi:
+    """`wandb.Api()`, or an error that says how to give it a key."""
+    if not wandb_api_key_configured():
+        raise SystemExit("--from wandb reads your runs through the W&B API and needs a key: run `wandb login` or "
+                         "set WANDB_API_KEY.")
+    import wandb
+
+    return wandb.Api()
+
+
+def final_metrics(summary_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The `final/<name>` keys of a W&B run summary as `summary.json` holds them (`<name>`)."""
+    return {key.removeprefix(FINAL_PREFIX): value for key, value in summary_metrics.items()
+            if key.startswith(FINAL_PREFIX)}
+
+
+def _wandb_history(run: WandbRun) -> Callable[[str], list[Record]]:
+    def history(metric: str) -> list[Record]:
+        # scan_history returns only the rows that hold every key asked for: the eval rows for an eval metric.
+        rows = run.scan_history(keys=[STEP_METRIC, "epoch", metric])
+        return [{"step": row[STEP_METRIC], "epoch": row["epoch"], metric: row[metric]} for row in rows]
+
+    return history
+
+
+def wandb_filters(experiments: Iterable[str]) -> dict[str, Any]:
+    """The runs of the paper's rows: the group is the row's table (`table5`) and `experiment_name` the row."""
+    experiments = sorted(set(experiments))
+    groups = sorted({experiment.split("/")[0] for experiment in experiments})
+    return {"$and": [{"group": {"$in": groups}}, {"config.experiment_name": {"$in": experiments}}]}
+
+
+def wandb_runs(api: WandbApi, entity: str | None, project: str, experiments: Iterable[str]) -> list[Run]:
+    """The finished, not preempted runs of `experiments` in the W&B project `entity/project` (`project` alone:
+    the key's default entity)."""
+    path = f"{entity}/{project}" if entity else project
+    runs = []
+    for run in api.runs(path, filters=wandb_filters(experiments)):
+        config = dict(run.config)
+        summary = final_metrics(dict(run.summary_metrics))
+        experiment = config.get("experiment_name")
+        if experiment and summary and not summary.get("preempted"):
+            runs.append(Run(experiment, config, summary, _wandb_history(run)))
+    return runs
