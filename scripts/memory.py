@@ -80,10 +80,10 @@ def jasper_loss(model: nn.Module, device: torch.device) -> torch.Tensor:
 
 
 def transformer_loss(model: nn.Module, device: torch.device) -> torch.Tensor:
-    """[O] 128 sentence pairs per GPU, each side 56 subwords (the authors' length limit): teacher-forced
-    cross-entropy. There is no Table 7 experiment yet to read a token budget from."""
-    source = torch.randint(3, model.vocab_size, (128, 56), device=device)
-    target = torch.randint(3, model.vocab_size, (128, 57), device=device)
+    """The table7 rows' micro-batch of 16,384 padded source + target tokens per GPU: 128 pairs of 64 + 64 tokens;
+    teacher-forced cross-entropy."""
+    source = torch.randint(4, model.vocab_size, (128, 64), device=device)
+    target = torch.randint(4, model.vocab_size, (128, 65), device=device)
     logits = model(source, target[:, :-1])
     return F.cross_entropy(logits.flatten(0, 1).float(), target[:, 1:].flatten(), reduction="sum")
 
