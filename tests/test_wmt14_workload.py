@@ -3,6 +3,7 @@ hypotheses file at the end, a missing dataset naming its prepare target, and BLE
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,9 @@ def test_smoke_run_scores_the_test_set_at_the_end_and_writes_its_hypotheses(tmp_
         assert name in summary
     test_lines = (tmp_path / "hypotheses" / "test.txt").read_text().splitlines()
     assert len(test_lines) == 32  # data.synthetic.num_eval: one line per sentence, in the set's order
+    record = json.loads((tmp_path / "hypotheses" / "test.bleu.json").read_text())
+    assert record["metrics"]["sacrebleu"] == summary["sacrebleu"] and "tok:13a" in record["signature"]
+    assert "tok:none" in record["tokenized_signature"]
     records = (tmp_path / "metrics.jsonl").read_text()
     assert records.count("eval/sacrebleu") == 1  # newstest2014 only at the final evaluation
 

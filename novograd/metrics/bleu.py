@@ -88,6 +88,13 @@ def bleu_statistics(
     return [sum(column) for column in zip(*per_sentence)] if per_sentence else []
 
 
+def bleu_signature(tokenized: bool = False) -> str:
+    """SacreBLEU's signature of the BLEU that `bleu_statistics(..., tokenized)` feeds: how the score was computed."""
+    bleu = _bleu(tokenized)
+    bleu.corpus_score(["x"], [["x"]])  # the signature names the number of references, known once one is scored
+    return str(bleu.get_signature())
+
+
 def bleu_from_statistics(statistics: Sequence[float], tokenized: bool = False) -> float:
     """The corpus BLEU (0-100) of statistics summed with `bleu_statistics`."""
     return _bleu(tokenized)._compute_score_from_stats([int(round(value)) for value in statistics]).score

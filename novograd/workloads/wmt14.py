@@ -9,12 +9,14 @@ Evaluation: at every evaluation, loss and perplexity on newstest2013 (`valid_los
 (`valid_bleu`, on the first `bleu_max_sentences` sentences if set); at the end also newstest2014, the paper's
 columns: detokenized SacreBLEU (`sacrebleu`) and compound-split tokenized BLEU (`tokenized_bleu`). Hypotheses are
 decoded by batched beam search (beam 4, GNMT length penalty 0.6) and written, in the order of the set, to
-`<output_dir>/hypotheses/<set>.txt` (the latest evaluation's). BLEU is computed from statistics summed over batches and ranks,
+`<output_dir>/hypotheses/<set>.txt` (the latest evaluation's), with its scores and SacreBLEU's signatures in
+`<set>.bleu.json`. BLEU is computed from statistics summed over batches and ranks,
 which is exactly the corpus score.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -171,11 +173,14 @@ class WMT14Workload(Workload):
                                                                                   f"{eval_set}_tokenized_bleu")
             metrics[names[0]] = bleu_from_statistics(bleu)
             metrics[names[1]] = bleu_from_statistics(tokenized, tokenized=True)
-        self._write_hypotheses(eval_set)
+        self._write_hypotheses(eval_set, metrics)
         return metrics
 
-    def _write_hypotheses(self, eval_set: str) -> None:
-        """Every rank's hypotheses of this set, in the set's order, into one file on rank 0."""
+    def _write_hypotheses(self, eval_set: str, metrics: dict[str, float]) -> None:
+        """Every rank's hypotheses of this set, in the set's order, into one file on rank 0; beside it the set's
+        scores with SacreBLEU's signatures (`<set>.bleu.json`), the record of how they were computed."""
+        from novograd.metrics.bleu import bleu_signature
+
         gathered = distributed.gather_objects(self._hypotheses)
         self._hypotheses = []
         lines = sorted(pair for shard in gathered for pair in shard)
@@ -183,3 +188,6 @@ class WMT14Workload(Workload):
             directory = Path(self.output_dir) / "hypotheses"
             directory.mkdir(parents=True, exist_ok=True)
             (directory / f"{eval_set}.txt").write_text("".join(text + "\n" for _, text in lines))
+            record = {"sentences": len(lines), "metrics": metrics,
+                      "signature": bleu_signature(), "tokenized_signature": bleu_signature(tokenized=True)}
+            (directory / f"{eval_set}.bleu.json").write_text(json.dumps(record, indent=2) + "\n")
