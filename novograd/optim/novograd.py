@@ -93,6 +93,8 @@ class NovoGrad(Optimizer):
 
     # GradScaler.step sets `grad_scale` and `found_inf` on this optimizer and skips its own unscaling.
     _step_supports_amp_scaling = True
+    # step(max_grad_norm=...) clips the global gradient norm; the engine's Precision.step hands clipping over.
+    clips_grad_norm_in_step = True
 
     def __init__(
         self,
