@@ -37,6 +37,17 @@ def test_scale_mode_multiplies_the_lr_by_the_local_rate():
     torch.testing.assert_close(p.detach(), torch.tensor([3.0 - 0.5 * factor * 6.0, 4.0 - 0.5 * factor * 8.0]))
 
 
+@pytest.mark.parametrize("clip", [True, False], ids=["clip", "scale"])
+def test_factor_is_floored_at_1e_minus_7_as_in_openseq2seq(clip):
+    # ||w|| = 5e-6, ||g|| = 10: clip ratio 1e-3 * 5e-6 / (0.1 * 10) = 5e-9, scale ratio 5e-10; both below 1e-7,
+    # so the gradient is multiplied by 1e-7 (OpenSeq2Seq's min_update), not by the ratio.
+    p = _param([3e-6, 4e-6], [6.0, 8.0])
+    LARC(torch.optim.SGD([p], lr=0.1), trust_coefficient=1e-3, clip=clip, eps=0.0).step()
+    # atol=0: the default absolute tolerance (1e-5) would not tell 1e-7 from the ratio.
+    torch.testing.assert_close(p.grad, torch.tensor([6e-7, 8e-7]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(p.detach(), torch.tensor([3e-6 - 0.1 * 6e-7, 4e-6 - 0.1 * 8e-7]), rtol=1e-6, atol=0)
+
+
 def test_eps_enters_next_to_the_gradient_norm():
     p = _param([3.0, 4.0], [6.0, 8.0])
     LARC(torch.optim.SGD([p], lr=0.1), trust_coefficient=1e-3, eps=2.0).step()

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from novograd_reference import reference_novograd
 
 from novograd import NovoGrad
 
@@ -18,29 +19,11 @@ PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True)}
 ALL_PATHS = {**PATHS, "fused": dict(fused=True)}
 
 
-def reference_novograd(w, grads, *, lr, b1, b2, eps, wd, grad_averaging=False, amsgrad=False,
-                       eps_inside_sqrt=True, moment_init="paper", maximize=False):
-    """One layer, in plain Python floats, straight from the formulas. Returns the weights after each step."""
-    w = list(w)
-    m = [0.0] * len(w)
-    v = vmax = 0.0
-    history = []
-    for t, g in enumerate(grads, start=1):
-        g = [-x for x in g] if maximize else list(g)
-        norm_sq = sum(x * x for x in g)
-        v = norm_sq if t == 1 else b2 * v + (1 - b2) * norm_sq
-        vmax = max(vmax, v)
-        vn = vmax if amsgrad else v
-        denom = math.sqrt(vn + eps) if eps_inside_sqrt else math.sqrt(vn) + eps
-        u = [gi / denom + wd * wi for gi, wi in zip(g, w)]
-        c = (1 - b1) if grad_averaging else 1.0
-        if t == 1 and moment_init == "paper":
-            m = u
-        else:
-            m = [b1 * mi + c * ui for mi, ui in zip(m, u)]
-        w = [wi - lr * mi for wi, mi in zip(w, m)]
-        history.append(w)
-    return history
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles its own graphs: past dynamo's recompile limit (8 graphs, shared by every test of the
+    process) the fused path would silently run eagerly and the tests would not test the compiled step."""
+    torch._dynamo.reset()
 
 
 def run_novograd(w, grads, **kwargs):
@@ -178,19 +161,6 @@ def train_random(params, steps=20, seed=1, lr_change_at=None, **kwargs):
     return opt
 
 
-@pytest.mark.parametrize("flags", [dict(), dict(grad_averaging=True, amsgrad=True, eps_inside_sqrt=False,
-                                                moment_init="zero")], ids=["default", "all_flags"])
-def test_all_paths_agree_on_random_problems(flags):
-    results = {}
-    for name, path in ALL_PATHS.items():
-        params = random_problem()
-        train_random(params, **flags, **path)
-        results[name] = params
-    for name in ("foreach", "fused"):
-        for a, b in zip(results["single"], results[name]):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} differs from single-tensor")
-
-
 def test_parameter_without_gradient_is_untouched():
     a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
     opt = NovoGrad([a, b], lr=0.1, weight_decay=0.5)
@@ -212,7 +182,19 @@ def test_state_is_one_buffer_per_parameter_and_one_scalar_per_layer():
         state = opt.state[p]
         assert state["exp_avg"].shape == p.shape
         assert state["exp_avg_sq"].shape == () and state["exp_avg_sq"].dtype == torch.float32
-        assert set(state) == {"step", "exp_avg", "exp_avg_sq"}
+        assert set(state) == {"exp_avg", "exp_avg_sq"}
+
+
+def test_old_checkpoints_with_a_step_count_load():
+    """Earlier versions kept a per-parameter `step` the update never read; their checkpoints still load."""
+    params = random_problem()
+    opt = train_random(params, steps=2)
+    saved = opt.state_dict()
+    for param_state in saved["state"].values():
+        param_state["step"] = torch.tensor(2.0)
+    new_opt = NovoGrad(params, lr=0.03)
+    new_opt.load_state_dict(saved)
+    assert all(set(state) == {"exp_avg", "exp_avg_sq"} for state in new_opt.state.values())
 
 
 @pytest.mark.parametrize("save_path,load_path", [("foreach", "single"), ("single", "foreach"), ("foreach", "fused")])

@@ -36,12 +36,24 @@ class Precision:
     def step(
         self, optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], clip_norm: float | None
     ) -> torch.Tensor | None:
-        """Unscale, clip to `clip_norm` (on the true gradients), step and update the scale; returns the norm."""
+        """Unscale, clip to `clip_norm` (on the true gradients), step and update the scale; returns the norm.
+
+        An optimizer that clips in its step (NovoGrad: `step(max_grad_norm=...)`, from the layer norms it computes
+        anyway) is handed the clip norm, together with the loss scale through GradScaler's fused-optimizer
+        protocol: the gradients are neither unscaled nor clipped in place, which saves passes over them. It clips
+        over its own parameters, which are `params` when it optimises the whole model. Any other optimizer gets
+        `clip_grad_norm_` on the unscaled gradients.
+        """
         grad_norm = None
-        if clip_norm is not None:
+        if clip_norm is None:
+            self.scaler.step(optimizer)
+        elif getattr(optimizer, "clips_grad_norm_in_step", False):
+            self.scaler.step(optimizer, max_grad_norm=clip_norm)
+            grad_norm = optimizer.grad_norm
+        else:
             self.scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(list(params), clip_norm)
-        self.scaler.step(optimizer)
+            self.scaler.step(optimizer)
         self.scaler.update()
         return grad_norm
 

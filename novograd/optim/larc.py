@@ -6,12 +6,17 @@ wrapped optimizer's step:
 - clip mode (`clip=True`, the authors' Jasper runs):  `min(1, eta * ||w|| / (lr * (||g|| + eps)))`, so the
   effective learning rate of the tensor is `min(lr, eta * ||w|| / (||g|| + eps))`;
 - scale mode (`clip=False`): `eta * ||w|| / (||g|| + eps)`, so the effective learning rate is that factor *times*
-  the group lr (the lr stays a global multiplier, and schedules still apply).
+  the group lr (the lr stays a global multiplier, and schedules still apply);
+- in both, a factor below 1e-7 is raised to 1e-7 (see below).
+
+In both modes the factor is floored at `min_update = 1e-7`, as in OpenSeq2Seq (`tf.maximum(..., min_update)`
+before the clip's `tf.minimum(..., 1.0)`), so clip mode is `min(max(eta * ||w|| / (lr * (||g|| + eps)), 1e-7), 1)`:
+a tensor whose ratio underflows still moves. apex has no floor.
 
 Scale mode multiplies, it does not replace the lr: OpenSeq2Seq's `larc_mode="scale"` (optimizers.py,
 `post_process_gradients`) and apex's `LARC(clip=False)` both multiply the gradient by the factor and then let the
 optimizer apply its lr. Tensors with `||w|| == 0` or `||g|| == 0` are left unscaled, as apex does; OpenSeq2Seq
-instead floors the factor at `min_update=1e-7`, which would all but freeze zero-initialised tensors.
+would give them the floor 1e-7, which would all but freeze zero-initialised tensors.
 
 Weight decay: OpenSeq2Seq added the L2 regulariser to the loss, so for SGD and Adam the gradient LARC measured
 and scaled already held `wd * w`. To keep that meaning with torch's SGD and Adam, whose `weight_decay` is an L2
@@ -28,6 +33,9 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
+
+# OpenSeq2Seq's `min_update`: the smallest LARC factor, in both modes.
+MIN_FACTOR = 1e-7
 
 
 def uses_l2_weight_decay(optimizer: Optimizer) -> bool:
@@ -173,7 +181,9 @@ class LARC(Optimizer):
             grad_norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
             factors = self.trust_coefficient * param_norms / (grad_norms + self.eps)
             if self.clip:
-                factors = torch.clamp(factors / group["lr"], max=1.0)
+                factors = torch.clamp(factors / group["lr"], min=MIN_FACTOR, max=1.0)
+            else:
+                factors = torch.clamp(factors, min=MIN_FACTOR)
             factors = torch.where((param_norms > 0) & (grad_norms > 0), factors, torch.ones_like(factors))
             torch._foreach_mul_(grads, list(factors.unbind()))
 
