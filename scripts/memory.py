@@ -202,11 +202,12 @@ def markdown(results: dict[str, dict[str, Any]], state_device: str, gpu_name: st
         "So NovoGrad's *optimizer state* is half of Adam's, the same as SGD with momentum. A training step also "
         "holds the parameters and their gradients, which are the same for every optimizer: in fp32 that is 8 "
         "bytes per parameter, plus 4 of state with NovoGrad or SGD against 8 with Adam, so the step as a whole "
-        "needs about 3/4 of Adam's memory, not half, and less than that once activations are counted (they "
+        "needs about 3/4 of Adam's memory, not half, and a ratio closer to 1 once activations are counted (they "
         "are not in these columns).",
         "",
-        "State includes the step counters: Adam, AdamW and NovoGrad keep one 0-dim fp32 tensor per parameter "
-        "tensor (4 bytes each, on the CPU for torch's non-fused paths); SGD keeps none. SGD's split into decayed "
+        "State includes the step counters: Adam and AdamW keep one 0-dim fp32 tensor per parameter tensor (4 "
+        "bytes each, on the CPU for torch's non-fused paths); NovoGrad and SGD keep none (without bias "
+        "correction no step count is read). SGD's split into decayed "
         "and non-decayed parameter groups changes no state size. Parameters and gradients are fp32 (bf16 "
         "autocast keeps them so).",
     ]
@@ -223,7 +224,7 @@ def markdown(results: dict[str, dict[str, Any]], state_device: str, gpu_name: st
             f"## {key}: {row['params']:,} parameters ({row['params'] / 1e6:.2f}M) in {row['tensors']} tensors",
             "",
             f"Parameters {row['param_bytes'] / MB:,.1f} MB, gradients {row['grad_bytes'] / MB:,.1f} MB. NovoGrad's "
-            f"state is {novograd_extra:,} bytes more than SGD's: a second moment and a step counter per tensor.",
+            f"state is {novograd_extra:,} bytes more than SGD's: a second moment per tensor.",
             "",
         ]
         header = ["optimizer", "state (MB)", "state / Adam's", "params + grads + state (MB)", "whole / Adam's whole"]
