@@ -166,8 +166,7 @@ class WMT14Workload(Workload):
         nll = totals["nll"] / totals["tokens"]
         prefix = "test" if eval_set == TEST_SET else eval_set
         metrics |= {f"{prefix}_loss": nll, f"{prefix}_ppl": math.exp(min(nll, 50.0))}
-        bleu = [totals[f"bleu_{i}"] for i in range(len(totals)) if f"bleu_{i}" in totals]
-        tokenized = [totals[f"tokenized_bleu_{i}"] for i in range(len(totals)) if f"tokenized_bleu_{i}" in totals]
+        bleu, tokenized = _statistics(totals, "bleu"), _statistics(totals, "tokenized_bleu")
         if bleu:
             names = ("sacrebleu", "tokenized_bleu") if eval_set == TEST_SET else (f"{eval_set}_bleu",
                                                                                   f"{eval_set}_tokenized_bleu")
@@ -191,3 +190,11 @@ class WMT14Workload(Workload):
             record = {"sentences": len(lines), "metrics": metrics,
                       "signature": bleu_signature(), "tokenized_signature": bleu_signature(tokenized=True)}
             (directory / f"{eval_set}.bleu.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _statistics(totals: dict[str, float], name: str) -> list[float]:
+    """The BLEU statistics `eval_step` summed under `<name>_0`, `<name>_1`, ..., in order."""
+    values = []
+    while f"{name}_{len(values)}" in totals:
+        values.append(totals[f"{name}_{len(values)}"])
+    return values
