@@ -402,7 +402,13 @@ def _update_layers(
     coefficients: _Coefficients,
 ) -> None:
     """The single-tensor path: one layer after the other (eager, or compiled on CPU)."""
-    for i in range(len(params)):
+    order = range(len(params))
+    if torch.compiler.is_compiling():
+        # Smallest layers first (an order fixed when the graph is traced). Inductor runs a layer too small to share
+        # between threads as an `omp single` block, with a barrier, whenever an earlier large layer has opened a
+        # parallel region; ResNet-50's 100-odd BatchNorm vectors, between its convolutions, cost ~300 barriers a step.
+        order = sorted(order, key=lambda i: params[i].numel())
+    for i in order:
         _update_layer(
             params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if coefficients.amsgrad else None,
             None if grad_norms is None else grad_norms[i], lr=lr, grad_factor=grad_factor, coefficients=coefficients,
@@ -424,10 +430,12 @@ def _update_layer(
     """One NovoGrad update of one layer (AMSGrad when `max_exp_avg_sq` is given)."""
     k = coefficients
     if grad_norm is None:
-        grad_norm = torch.linalg.vector_norm(grad, dtype=exp_avg_sq.dtype)
+        grad_norm_sq = _squared_norm(grad, exp_avg_sq.dtype)
+    else:
+        grad_norm_sq = grad_norm.square()
     if grad_factor is not None:
-        grad_norm = grad_norm * grad_factor
-    exp_avg_sq.mul_(k.beta2).add_(grad_norm.square(), alpha=1.0 - k.beta2)
+        grad_norm_sq = grad_norm_sq * grad_factor.square()
+    exp_avg_sq.mul_(k.beta2).add_(grad_norm_sq, alpha=1.0 - k.beta2)
     second_moment = exp_avg_sq
     if max_exp_avg_sq is not None:
         second_moment = torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
@@ -448,6 +456,21 @@ def _update_layer(
         param.sub_(exp_avg * lr)
     else:
         param.add_(exp_avg, alpha=-lr)
+
+
+# Inductor sums a float32 reduction longer than 4096 elements through a "cascade" helper that keeps the running
+# sum in memory, one dependent add at a time; rows of 4096 are summed in registers instead (the norm pass ~12% faster on one core).
+_NORM_ROW = 4096
+
+
+def _squared_norm(grad: Tensor, dtype: torch.dtype) -> Tensor:
+    """||grad||^2 accumulated in `dtype`; under torch.compile summed by rows of `_NORM_ROW` elements."""
+    if not (torch.compiler.is_compiling() and grad.is_contiguous() and grad.numel() > _NORM_ROW):
+        return torch.linalg.vector_norm(grad, dtype=dtype).square()
+    flat = grad.view(-1)
+    split = flat.numel() // _NORM_ROW * _NORM_ROW
+    rows = flat[:split].view(-1, _NORM_ROW).to(dtype)
+    return rows.square().sum(1).sum() + flat[split:].to(dtype).square().sum()
 
 
 def _multi_tensor_update(
