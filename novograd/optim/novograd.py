@@ -27,8 +27,9 @@ Three implementations agree to rounding (``foreach`` / ``fused`` select them, li
   per-layer norms stay on the device, so there is no host synchronisation.
 * fused (``fused=True``): the step compiled by ``torch.compile`` (Inductor) into a few fused kernels: the
   multi-tensor step on CUDA, the single-tensor loop on CPU (each layer's norm right before its update, so the
-  update reads the gradient from cache). The learning rate is passed as a tensor so schedules do not recompile.
-  The first step of a layer, which runs once, uses the multi-tensor path instead of compiling a second graph.
+  update reads a gradient that fits in cache from there). The learning rate is passed as a tensor so schedules
+  do not recompile. The first step of a layer, which runs once, uses the multi-tensor path instead of compiling
+  a second graph. (torch.optim's ``fused`` means a hand-written kernel; here it means compiled by Inductor.)
 """
 
 from __future__ import annotations
@@ -517,7 +518,7 @@ def _multi_tensor_update(
 _compiled_updates: dict[str, Any] = {}
 
 # Inductor options of the compiled step. Size asserts re-check in Python the sizes and strides of every input,
-# which Dynamo's guards have already checked: ~650 calls per ResNet-50 step, a third of the host time.
+# which Dynamo's guards have already checked: ~650 calls per ResNet-50 step, about 0.3 ms of host time.
 _INDUCTOR_OPTIONS = {"size_asserts": False}
 
 
@@ -530,8 +531,10 @@ def _compiled_update(device: torch.device):
     On CPU the step is memory-bound and the layer norms need a pass over the gradients before the update can
     start. Compiled from the foreach form, all norms come first, and the update then reads every gradient again
     from memory. The per-layer loop, with Inductor's reordering for peak memory off (it moves every reduction to
-    the front), keeps each norm right before its layer's update, which then finds the gradient in cache. On CUDA
-    the foreach form compiles into a few horizontally fused kernels instead of one or two launches per layer.
+    the front), keeps each norm right before its layer's update, which then finds a gradient that fits in cache
+    (with 2 threads, each thread's half of a layer of up to ~1M elements) still there. The loop also takes the
+    smallest layers first and sums norms by rows (see `_update_layers` and `_squared_norm`). On CUDA the foreach
+    form compiles into a few horizontally fused kernels instead of one or two launches per layer.
     """
     compiled = _compiled_updates.get(device.type)
     if compiled is None:
