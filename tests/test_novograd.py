@@ -1,7 +1,8 @@
-"""NovoGrad against values computed by hand from the paper's formulas, and its three implementations against each other.
+"""NovoGrad against values computed by hand from the paper's formulas, flag by flag, and as a torch optimizer.
 
 Expected values come from plain-Python arithmetic on the formulas of Section 3 / Algorithm 1 (the way TF-Addons
-tests its NovoGrad), never from the optimizer's own code.
+tests its NovoGrad; tests/novograd_reference.py), never from the optimizer's own code. Every implementation against
+them in fp64, fp32 and bf16: test_novograd_paths.py; loss scaling and clipping: test_novograd_amp.py.
 """
 
 from __future__ import annotations
