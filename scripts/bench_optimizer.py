@@ -333,16 +333,15 @@ def breakdown(model_name: str, device: torch.device, rounds: int, steps: int) ->
         key: group[key] for key in ("eps", "weight_decay", "grad_averaging", "amsgrad", "eps_inside_sqrt",
                                     "moment_init", "maximize")})
     lr = novograd_module._lr_tensor(group["lr"], bucket.params[0])
-    update = novograd_module._compiled_update(device)
-    norms_alone = torch.compile(lambda gs: [novograd_module._squared_norm(g, torch.float32).sqrt() for g in gs],
-                                dynamic=False)
-    norms = norms_alone(bucket.grads)
+    update = novograd_module._compiled("update", device)
+    norms_alone = novograd_module._compiled("layer_norms", device)
+    norms = norms_alone(bucket.grads, torch.float32)
     with_norms = (bucket.params, bucket.grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.max_exp_avg_sqs, norms)
     parts: dict[str, Callable[[], object]] = {
         "step()": novograd.step,
         "compiled update alone": lambda: update(*bucket.tensors(), lr=lr, grad_factor=None,
                                                 coefficients=coefficients),
-        "layer norms alone (compiled)": lambda: norms_alone(bucket.grads),
+        "layer norms alone (compiled)": lambda: norms_alone(bucket.grads, torch.float32),
         "update given the norms (compiled)": lambda: update(*with_norms, lr=lr, grad_factor=None,
                                                            coefficients=coefficients),
     }
