@@ -139,9 +139,12 @@ class NovoGrad(Optimizer):
             maximize=maximize,
         )
         super().__init__(params, defaults)
+        # The global gradient norm before clipping, set by every step(max_grad_norm=...).
+        self.grad_norm: Tensor | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("grad_norm", None)
         for group in self.param_groups:
             for key in ("foreach", "fused"):
                 group.setdefault(key, None)
