@@ -62,7 +62,7 @@ prepare-wmt14: ## WMT14 en-de joint BPE (8192) and token arrays into WMT14_ROOT,
 	@test -n "$(WMT14_ROOT)" || { echo "usage: make prepare-wmt14 WMT14_ROOT=/data/wmt14 [SOURCE=hub|/path/to/text]"; exit 2; }
 	HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 $(PYTHON) scripts/prepare_wmt14.py --root $(WMT14_ROOT) --source $(or $(SOURCE),hub)
 
-bench-optimizer: ## ms per optimizer step: NovoGrad paths vs torch SGD/AdamW on ResNet-50 shapes
+bench-optimizer: ## ms per optimizer step: NovoGrad paths vs torch SGD/AdamW on ResNet-50 and Transformer-big shapes
 	$(PYTHON) scripts/bench_optimizer.py $(ARGS)
 
 memory: ## Optimizer state (SGD, Adam, AdamW, NovoGrad) and whole-step memory of the four paper models: results/memory.*

@@ -1,7 +1,8 @@
-"""NovoGrad against values computed by hand from the paper's formulas, and its three implementations against each other.
+"""NovoGrad against values computed by hand from the paper's formulas, flag by flag, and as a torch optimizer.
 
 Expected values come from plain-Python arithmetic on the formulas of Section 3 / Algorithm 1 (the way TF-Addons
-tests its NovoGrad), never from the optimizer's own code.
+tests its NovoGrad; tests/novograd_reference.py), never from the optimizer's own code. Every implementation against
+them in fp64, fp32 and bf16: test_novograd_paths.py; loss scaling and clipping: test_novograd_amp.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from novograd_reference import reference_novograd
 
 from novograd import NovoGrad
+from novograd.optim.novograd import novograd as novograd_step
 
 PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True)}
 ALL_PATHS = {**PATHS, "fused": dict(fused=True)}
@@ -159,6 +161,31 @@ def train_random(params, steps=20, seed=1, lr_change_at=None, **kwargs):
                 group["lr"] = 0.01
         opt.step()
     return opt
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_functional_api_matches_the_optimizer(path):
+    """`novograd()` on plain lists (moments initialised at `first_step`), with a grad_factor, equals the
+    optimizer stepping on the scaled gradients."""
+    params = random_problem(dtype=torch.float64)
+    exp_avgs = [torch.zeros_like(p) for p in params]
+    exp_avg_sqs = [torch.zeros((), dtype=torch.float64) for _ in params]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = NovoGrad(reference, lr=0.03, betas=(0.9, 0.5), weight_decay=0.01, **ALL_PATHS[path])
+    gen = torch.Generator().manual_seed(5)
+    factor = torch.tensor(0.25, dtype=torch.float64)
+    for t in range(3):
+        grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+        with torch.no_grad():
+            novograd_step(params, grads, exp_avgs, exp_avg_sqs, [], [t == 0] * len(params), grad_factor=factor,
+                          lr=0.03, beta1=0.9, beta2=0.5, eps=1e-8, weight_decay=0.01, grad_averaging=False,
+                          amsgrad=False, eps_inside_sqrt=True, moment_init="paper", maximize=False,
+                          **ALL_PATHS[path])
+        for p, g in zip(reference, grads):
+            p.grad = g * factor
+        opt.step()
+    for a, b in zip(params, reference):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-14)
 
 
 def test_parameter_without_gradient_is_untouched():

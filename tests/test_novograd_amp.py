@@ -137,6 +137,27 @@ def test_clipping_in_the_step_equals_clip_grad_norm_then_step(path, max_norm, wi
     assert_same_training(model, opt, ref_model, ref_opt, dict(rtol=1e-5, atol=1e-6))
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_clipping_in_fp64_matches_to_rounding(path):
+    """In fp64 the in-step clip and clip_grad_norm_ then step agree to 1e-12 (the compiled path sums the norms
+    its own way and must still be exact)."""
+    runs = []
+    for in_step in (True, False):
+        model, batches = model_and_data()
+        model.double()
+        opt = NovoGrad(model.parameters(), **HYPERPARAMETERS, **PATHS[path])
+        for batch in batches:
+            opt.zero_grad()
+            loss_fn(model, tuple(t.double() for t in batch)).backward()
+            if in_step:
+                opt.step(max_grad_norm=0.05)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+                opt.step()
+        runs.append((model, opt))
+    assert_same_training(*runs[0], *runs[1], dict(rtol=1e-12, atol=1e-14))
+
+
 def test_clipping_takes_the_norm_over_all_param_groups():
     model, batches = model_and_data()
     weights = [p for p in model.parameters() if p.ndim == 2]

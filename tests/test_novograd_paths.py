@@ -105,6 +105,32 @@ def test_bf16_parameters_follow_fp32_within_bf16_rounding(path):
         torch.testing.assert_close(a.float(), e, rtol=0.03, atol=0.03, msg=f"layer {layer}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("path", PATHS)
+def test_long_layers_and_strided_gradients(path, dtype):
+    """Layers longer than the compiled path's norm rows (4096 elements, with and without a remainder), and a
+    gradient that is not contiguous (as a channels-last convolution's), against the formulas."""
+    shapes = [(5000,), (2, 4096), (70, 70)]
+    gen = torch.Generator().manual_seed(3)
+    weights = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes]
+    stream = [[torch.randn(shape, generator=gen, dtype=torch.float64) for shape in shapes] for _ in range(3)]
+    params = [torch.nn.Parameter(w.to(dtype, copy=True)) for w in weights]
+    opt = NovoGrad(params, lr=0.05, **HYPERPARAMETERS, **PATHS[path])
+    for grads in stream:
+        for p, g in zip(params, grads):
+            p.grad = g.to(dtype)
+        params[2].grad = stream[0][2].t().contiguous().to(dtype).t()  # same values each step, transposed strides
+        assert not params[2].grad.is_contiguous()
+        opt.step()
+    b1, b2 = HYPERPARAMETERS["betas"]
+    for i, (w, p) in enumerate(zip(weights, params)):
+        grads = [step[i].flatten().tolist() for step in stream] if i < 2 else [stream[0][2].flatten().tolist()] * 3
+        expected = reference_novograd(w.flatten().tolist(), grads, lr=0.05, b1=b1, b2=b2,
+                                      eps=HYPERPARAMETERS["eps"], wd=HYPERPARAMETERS["weight_decay"])[-1]
+        torch.testing.assert_close(p.detach().double().flatten(), torch.tensor(expected, dtype=torch.float64),
+                                   **TOLERANCE[dtype])
+
+
 def _add_one(t: torch.Tensor) -> None:
     t.add_(1.0)
 
