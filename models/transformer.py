@@ -122,6 +122,9 @@ class TransformerLayer(nn.Module):
     A layer calls `sublayer_input(x, norm)` for what its sublayer reads and `add(x, out, norm)` for the sum.
     """
 
+    #: Whether the layer also attends to the encoder output (the decoder's), with its own LayerNorm.
+    cross_attention = False
+
     def __init__(
         self,
         d_model: int,
@@ -139,6 +142,9 @@ class TransformerLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
+        if self.cross_attention:  # the decoder's attention over the encoder output
+            self.cross_attn = MultiheadAttention(d_model, num_heads, attention_dropout)
+            self.cross_attn_norm = nn.LayerNorm(d_model)
 
     def sublayer_input(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
         return norm(x) if self.pre_norm else x
@@ -161,19 +167,7 @@ class EncoderLayer(TransformerLayer):
 class DecoderLayer(TransformerLayer):
     """Causal self-attention, attention over the encoder output, then the feed-forward block."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float,
-        attention_dropout: float,
-        activation_dropout: float,
-        pre_norm: bool,
-    ) -> None:
-        super().__init__(d_model, num_heads, d_ff, dropout, attention_dropout, activation_dropout, pre_norm)
-        self.cross_attn = MultiheadAttention(d_model, num_heads, attention_dropout)
-        self.cross_attn_norm = nn.LayerNorm(d_model)
+    cross_attention = True
 
     def forward(
         self, x: Tensor, memory_kv: KeysValues, src_mask: Tensor, past_kv: KeysValues | None = None

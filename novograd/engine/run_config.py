@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_FILE = "config.yaml"  # the resolved config the trainer writes into every output directory
+SUMMARY_FILE = "summary.json"  # the final metrics the trainer writes at the end of a finished run
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"  # relative to the output directory (novograd/engine/checkpoint.py)
 
 

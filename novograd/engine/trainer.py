@@ -28,7 +28,7 @@ from novograd.engine.logger import RunLogger
 from novograd.engine.output_dir import ensure_writable_output_dir
 from novograd.engine.precision import Precision, enable_tf32
 from novograd.engine.preemption import PreemptionFlag, resume_instructions
-from novograd.engine.run_config import check_resume_config
+from novograd.engine.run_config import CONFIG_FILE, SUMMARY_FILE, check_resume_config
 from novograd.engine.seeding import capture_rng_state, configure_determinism, restore_rng_state, seed_everything
 
 if TYPE_CHECKING:
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -318,7 +316,7 @@ class Trainer:
 
         summary = self._summary(stop_reason)
         if self.context.is_main and not stop_reason:
-            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (self.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
             self.logger.write_summary(summary)
         self.logger.close()
         if stop_reason and self.context.is_main:

@@ -25,9 +25,7 @@ from typing import Any, Protocol
 from omegaconf import OmegaConf
 
 from novograd.engine.logger import FINAL_PREFIX, METRICS_FILE, STEP_METRIC, wandb_api_key_configured
-from novograd.engine.run_config import CONFIG_FILE
-
-SUMMARY_FILE = "summary.json"  # written by novograd/engine/trainer.py at the end of a run
+from novograd.engine.run_config import CONFIG_FILE, SUMMARY_FILE
 
 # One point of a run's history: "step", "epoch" and the metric asked for.
 Record = dict[str, float]

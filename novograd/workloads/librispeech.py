@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from data.librispeech import BLANK, NUM_OUTPUTS, build_librispeech_datasets, decode, word_error_counts
+from data.librispeech import collate as collate_utterances
 from novograd.engine.plans import BatchPlan, CountPlan
 from novograd.workload import Workload
 
@@ -49,13 +51,9 @@ class LibriSpeechWorkload(Workload):
     def build_model(self) -> nn.Module:
         from hydra.utils import instantiate
 
-        from data.librispeech import NUM_OUTPUTS
-
         return instantiate(self.model_cfg, in_features=self.data_cfg["features"]["num_mels"], num_classes=NUM_OUTPUTS)
 
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
-        from data.librispeech import build_librispeech_datasets
-
         keys = ("root", "train_manifests", "eval_manifests", "features", "speed_perturb", "max_duration", "synthetic")
         return build_librispeech_datasets(**{key: self.data_cfg[key] for key in keys})
 
@@ -64,9 +62,7 @@ class LibriSpeechWorkload(Workload):
         return CountPlan(len(durations), batch_size, micro_batch_size, seed, lengths=durations)
 
     def collate(self, samples: list[Any]) -> Batch:
-        from data.librispeech import collate
-
-        return collate(samples, pad_to=self.data_cfg["pad_to"])
+        return collate_utterances(samples, pad_to=self.data_cfg["pad_to"])
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         logits, frames = model(batch["features"], batch["feature_lengths"])
@@ -88,8 +84,6 @@ class LibriSpeechWorkload(Workload):
         return sums | {"padding_fraction": 1.0 - frames / padded if padded else 0.0}
 
     def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        from data.librispeech import decode, word_error_counts
-
         logits, frames = model(batch["features"], batch["feature_lengths"])
         hypotheses = [decode(ids) for ids in greedy_ctc_decode(logits, frames)]
         references = [
@@ -116,8 +110,6 @@ def ctc_losses(
     `logits` (B, T, C) with the blank last (C - 1), `frames` (B,) the valid output frames, `targets` (B, L) padded.
     An alignment needs one frame per label plus one blank between each pair of equal neighbours.
     """
-    from data.librispeech import BLANK
-
     log_probs = logits.float().log_softmax(dim=-1).transpose(0, 1)  # (T, B, C), as ctc_loss wants
     losses = F.ctc_loss(log_probs, targets, frames, target_lengths, blank=BLANK, reduction="none",
                         zero_infinity=True)
@@ -129,8 +121,6 @@ def ctc_losses(
 
 def greedy_ctc_decode(logits: torch.Tensor, frames: torch.Tensor) -> list[list[int]]:
     """The most likely label per frame, repeats merged, blanks dropped: label ids per utterance."""
-    from data.librispeech import BLANK
-
     best = logits.argmax(dim=-1)  # (B, T)
     keep = torch.ones_like(best, dtype=torch.bool)
     keep[:, 1:] = best[:, 1:] != best[:, :-1]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from data.wikitext103 import load_corpus, streams
 from novograd.engine.plans import BatchPlan, StreamPlan
 from novograd.workload import Workload
 
@@ -39,14 +40,16 @@ class TrainStreams(Dataset):
     def __init__(self, tokens: np.ndarray, tgt_len: int) -> None:
         self.tokens = tokens
         self.tgt_len = tgt_len
-        self.num_streams = 0
+        self.rows = tokens[None, :]  # (streams, tokens per stream): a view of `tokens`, set by `cut`
         self.num_windows = 0
 
-    def cut(self, num_streams: int) -> None:
-        from data.wikitext103 import streams
+    @property
+    def num_streams(self) -> int:
+        return self.rows.shape[0]
 
-        self.num_streams = num_streams
-        self.num_windows = (streams(self.tokens, num_streams).shape[1] - 1) // self.tgt_len
+    def cut(self, num_streams: int) -> None:
+        self.rows = streams(self.tokens, num_streams)
+        self.num_windows = (self.rows.shape[1] - 1) // self.tgt_len
         if self.num_windows < 1:
             raise ValueError(
                 f"{len(self.tokens)} training tokens in {num_streams} streams leave no window of model.tgt_len="
@@ -57,12 +60,9 @@ class TrainStreams(Dataset):
         return self.num_windows * self.num_streams
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-        from data.wikitext103 import streams
-
         window, stream = divmod(index, self.num_streams)
         start = window * self.tgt_len
-        row = streams(self.tokens, self.num_streams)[stream]
-        segment = torch.from_numpy(np.array(row[start : start + self.tgt_len + 1], dtype=np.int64))
+        segment = torch.from_numpy(np.array(self.rows[stream, start : start + self.tgt_len + 1], dtype=np.int64))
         return stream, segment[:-1], segment[1:]
 
 
@@ -123,8 +123,6 @@ class WikiText103Workload(Workload):
         return instantiate(self.model_cfg, vocab_size=self.data_cfg["vocab_size"])
 
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
-        from data.wikitext103 import load_corpus
-
         data = self.data_cfg
         root = data["root"]
         if data.get("synthetic"):

@@ -26,8 +26,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from data.wmt14 import BOS_ID, EOS_ID, PAD_ID, build_wmt14_datasets
+from data.wmt14 import collate as collate_pairs
+from models.beam_search import beam_search
+from models.transformer import label_smoothed_nll_loss
 from novograd.engine import distributed
 from novograd.engine.plans import BatchPlan, TokenBudgetPlan
+from novograd.metrics.bleu import bleu_from_statistics, bleu_signature, bleu_statistics
 from novograd.workload import Workload
 
 Batch = dict[str, Any]
@@ -84,14 +89,10 @@ class WMT14Workload(Workload):
     def build_model(self) -> nn.Module:
         from hydra.utils import instantiate
 
-        from data.wmt14 import BOS_ID, EOS_ID, PAD_ID
-
         return instantiate(self.model_cfg, vocab_size=self.data_cfg["vocab_size"], pad_id=PAD_ID, bos_id=BOS_ID,
                            eos_id=EOS_ID)
 
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
-        from data.wmt14 import build_wmt14_datasets
-
         data = self.data_cfg
         root = data["root"]
         if data.get("synthetic"):
@@ -109,16 +110,11 @@ class WMT14Workload(Workload):
                                batch_size, micro_batch_size, seed, chunk_tokens=max(1, batch_size // 32))
 
     def collate(self, samples: list[Any]) -> Batch:
-        from data.wmt14 import collate
-
         if isinstance(samples[0][0], int):  # evaluation: (index, (src, tgt))
-            return collate([sample for _, sample in samples]) | {"indices": [index for index, _ in samples]}
-        return collate(samples)
+            return collate_pairs([sample for _, sample in samples]) | {"indices": [index for index, _ in samples]}
+        return collate_pairs(samples)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        from data.wmt14 import PAD_ID
-        from models.transformer import label_smoothed_nll_loss
-
         logits = model(batch["src"], batch["tgt_input"])
         loss, nll = label_smoothed_nll_loss(logits, batch["target"], PAD_ID, self.label_smoothing)
         self._stats["nll"] += nll.detach()
@@ -139,11 +135,6 @@ class WMT14Workload(Workload):
         return final or eval_set != TEST_SET  # the test set's BLEU is the paper's final number only
 
     def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        from data.wmt14 import PAD_ID
-        from models.beam_search import beam_search
-        from models.transformer import label_smoothed_nll_loss
-        from novograd.metrics.bleu import bleu_statistics
-
         logits = model(batch["src"], batch["tgt_input"])
         _, nll = label_smoothed_nll_loss(logits, batch["target"], PAD_ID, 0.0)
         stats = {"nll": nll, "tokens": batch["ntokens"].to(torch.float64)}
@@ -160,8 +151,6 @@ class WMT14Workload(Workload):
         return stats
 
     def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:
-        from novograd.metrics.bleu import bleu_from_statistics
-
         metrics: dict[str, float] = {}
         nll = totals["nll"] / totals["tokens"]
         prefix = "test" if eval_set == TEST_SET else eval_set
@@ -178,8 +167,6 @@ class WMT14Workload(Workload):
     def _write_hypotheses(self, eval_set: str, metrics: dict[str, float]) -> None:
         """Every rank's hypotheses of this set, in the set's order, into one file on rank 0; beside it the set's
         scores with SacreBLEU's signatures (`<set>.bleu.json`), the record of how they were computed."""
-        from novograd.metrics.bleu import bleu_signature
-
         gathered = distributed.gather_objects(self._hypotheses)
         self._hypotheses = []
         lines = sorted(pair for shard in gathered for pair in shard)
