@@ -3,7 +3,6 @@ synthetic twins and the prepare script (on tiny fake archives)."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import random
@@ -33,8 +32,8 @@ from data.librispeech import (
 )
 from data.synthetic_librispeech import LEARNABLE_BINS, LEARNABLE_LETTERS, make_synthetic_librispeech, tone_frequencies
 from novograd.engine.compose import compose_config
+from script_modules import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 SR = 16000
 
 
@@ -386,13 +385,6 @@ def test_learnable_twin_is_learned_by_a_tiny_ctc_model(tmp_path):
 
 # --- prepare script ----------------------------------------------------------------------------------------------
 
-def load_prepare_script():
-    spec = importlib.util.spec_from_file_location("prepare_librispeech", REPO / "scripts" / "prepare_librispeech.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def make_fake_archive(archives: Path, split: str, utterances: dict[str, tuple[float, str]]) -> None:
     """An archive laid out like the official ones: LibriSpeech/<split>/<spk>/<chap>/ plus LibriSpeech/README.TXT."""
     archives.mkdir(exist_ok=True)
@@ -430,7 +422,7 @@ def test_prepare_extracts_and_writes_manifests(tmp_path, features):
         make_fake_archive(tmp_path / "archives", split, utterances)
     (tmp_path / "archives" / "notes.txt").write_text("not an archive")
     root = tmp_path / "librispeech"
-    load_prepare_script().main(["--archives", str(tmp_path / "archives"), "--root", str(root)])
+    load_script("prepare_librispeech").main(["--archives", str(tmp_path / "archives"), "--root", str(root)])
     assert sorted(p.name for p in root.iterdir()) == ["LibriSpeech", "dev-clean.json", "test-other.json"]
     assert (root / "LibriSpeech" / "README.TXT").is_file()
     for split, utterances in FAKE.items():
@@ -446,7 +438,7 @@ def test_prepare_extracts_and_writes_manifests(tmp_path, features):
 
 
 def test_prepare_resumes_after_a_kill(tmp_path, capsys):
-    prepare = load_prepare_script()
+    prepare = load_script("prepare_librispeech")
     for split, utterances in FAKE.items():
         make_fake_archive(tmp_path / "archives", split, utterances)
     root = tmp_path / "librispeech"
@@ -465,7 +457,7 @@ def test_prepare_resumes_after_a_kill(tmp_path, capsys):
 
 
 def test_prepare_names_what_is_missing(tmp_path):
-    prepare = load_prepare_script()
+    prepare = load_script("prepare_librispeech")
     with pytest.raises(SystemExit, match="does not exist.*train-clean-100.tar.gz"):
         prepare.main(["--archives", str(tmp_path / "nowhere"), "--root", str(tmp_path / "out")])
     (tmp_path / "archives").mkdir()

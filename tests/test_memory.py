@@ -4,13 +4,13 @@ each optimizer is documented to keep, and the measuring code itself on a tiny mo
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "memory.json"
@@ -20,15 +20,7 @@ PAPER_PARAMS = {"resnet50_v2": 25.55e6, "jasper10x5": 332.6e6, "transformer_big"
 FP32 = 4  # bytes
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("memory_script", ROOT / "scripts" / "memory.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is being made
-    spec.loader.exec_module(module)
-    return module
-
-
-memory = _load_script()
+memory = load_script("memory")
 
 
 def assert_documented_state(row: dict) -> None:

@@ -3,7 +3,6 @@ the synthetic twins with the theoretical perplexities of the learnable one."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 import types
@@ -31,8 +30,8 @@ from data.wikitext103 import (
     write_corpus,
 )
 from novograd.engine.compose import compose_config
+from script_modules import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 
 # A tiny corpus in the official files' shape: blank lines of one space, lines with leading and trailing spaces, a
 # tab, a line of several spaces, case-distinct words, count ties between words first seen in a known order.
@@ -41,14 +40,7 @@ VALID_TEXT = " \n a A \n"
 TEST_TEXT = "c\n\n"
 
 
-def load_prepare_script() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("prepare_wikitext103", REPO / "scripts" / "prepare_wikitext103.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare = load_prepare_script()
+prepare = load_script("prepare_wikitext103")
 
 
 def write_text_folder(folder: Path, texts: tuple[str, str, str] = (TRAIN_TEXT, VALID_TEXT, TEST_TEXT)) -> Path:

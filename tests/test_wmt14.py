@@ -3,7 +3,6 @@ tokenizer, the synthetic twins and the data configs. Everything runs on tiny gen
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import sys
 import types
@@ -26,6 +25,7 @@ from data.wmt14 import (
     build_wmt14_datasets,
     collate,
 )
+from script_modules import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_SIZE = 120
@@ -34,14 +34,7 @@ EN_WORDS = "the a house is small big cat dog runs fast green tree we see and old
 DE_WORDS = "das ein haus ist klein groß katze hund läuft schnell grün baum wir sehen und alt neu auto weg".split()
 
 
-def load_prepare_script() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("prepare_wmt14", REPO / "scripts" / "prepare_wmt14.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_script = load_prepare_script()
+prepare_script = load_script("prepare_wmt14")
 
 
 def tiny_corpus() -> dict[str, tuple[list[str], list[str]]]:
