@@ -16,11 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.librispeech import LibriSpeechDataset, LogMelFeatures, collate
+from data.librispeech import LibriSpeechDataset, LogMelFeatures, collate, read_manifest
 from data.synthetic_librispeech import make_synthetic_librispeech
+from novograd.engine.plans import CountPlan
 
 
 def throughput(dataset: LibriSpeechDataset, workers: int, batch_size: int, passes: int) -> tuple[float, float]:
@@ -41,12 +43,28 @@ def throughput(dataset: LibriSpeechDataset, workers: int, batch_size: int, passe
     return utterances / elapsed, audio_seconds / elapsed
 
 
+def padding_fraction(
+    durations: np.ndarray, batch_size: int, micro_batch_size: int, sort: bool, steps: int
+) -> float:
+    """The share of padded frames in the micro-batches of the first `steps` steps of Jasper's batch plan (each
+    micro-batch padded to its longest utterance), with each step sorted by duration (`sort`) or not."""
+    plan = CountPlan(len(durations), batch_size, micro_batch_size, seed=0, lengths=durations if sort else None)
+    padded = valid = 0.0
+    for step in plan.epoch_steps(0)[:steps]:
+        for micro in plan.micro_batches(step, world_size=1):
+            padded += len(micro) * durations[micro].max()
+            valid += durations[micro].sum()
+    return 1.0 - valid / padded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to time")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--passes", type=int, default=2, help="passes over the 512 training utterances")
     parser.add_argument("--directory", type=Path, default=Path(tempfile.gettempdir()) / "novograd-bench-speech")
+    parser.add_argument("--manifests", type=Path, nargs="*", default=[],
+                        help="real manifests (e.g. the three training splits) for the padding of table4's batches")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # as in a DataLoader worker, so 0 workers is one core's worth
@@ -61,6 +79,14 @@ def main() -> None:
         per_second, audio_per_second = throughput(dataset, workers, args.batch_size, args.passes)
         results[workers] = {"utterances_per_s": round(per_second, 1), "audio_seconds_per_s": round(audio_per_second)}
         print(f"{workers:>8} {per_second:>14.1f} {audio_per_second:>10.0f}")
+    if args.manifests:  # table4's batches: 256 utterances, micro-batches of 32
+        durations = np.concatenate([np.asarray(read_manifest(m)[1]) for m in args.manifests])
+        durations = durations[durations <= 16.7]
+        results["padding"] = {
+            name: round(float(padding_fraction(durations, 256, 32, sort, steps=200)), 4)
+            for name, sort in (("sorted_steps", True), ("random_micro_batches", False))
+        }
+        print(f"padding of 200 steps of 256 in micro-batches of 32: {results['padding']}")
     print(json.dumps(results))
 
 
