@@ -15,13 +15,14 @@ knows about processes.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
+
+from data.corrupt import SkipPolicy, UnreadableFileError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,11 +30,18 @@ PREPARE_SCRIPT = "scripts/prepare_imagenet.sh"
 EXPECTED_LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"
 
 
-class UnreadableImageError(OSError):
-    """An image file that cannot be decoded; the message names the file.
+class UnreadableImageError(UnreadableFileError):
+    """An image file that cannot be decoded; the message names the file."""
 
-    Takes a single message argument so that a DataLoader worker can re-raise it in the main process as itself.
-    """
+
+class LabelledImage(NamedTuple):
+    """One example, and (collated by `default_collate`, which keeps the type) a batch of them."""
+
+    image: torch.Tensor
+    label: int | torch.Tensor
+    #: The file at this index could not be read (`data.skip_corrupt=true`): `image` and `label` are the next
+    #: readable example's, which training uses and evaluation leaves unscored.
+    skipped: bool | torch.Tensor
 
 
 def _decode_rgb(path: str) -> Image.Image:
@@ -51,20 +59,18 @@ def _decode_rgb(path: str) -> Image.Image:
 
 
 class ImageNetFolder(torch.utils.data.Dataset):
-    """A torchvision ImageFolder that names unreadable files, or skips and counts them when `skip_corrupt`.
+    """A torchvision ImageFolder of `LabelledImage`s that names unreadable files, or skips and flags them when
+    `skip_corrupt` (data/corrupt.py).
 
-    A skipped index yields the next readable sample instead (wrapping around), so the sampler's length and order
-    are unchanged. Unreadable indices live in a shared-memory flag tensor, which DataLoader workers (forked or
-    spawned) write into, so the main process sees every worker's finds. Wraps ImageFolder rather than subclassing
-    it so that this class is importable, and picklable for spawned workers, without importing torchvision.
+    Wraps ImageFolder rather than subclassing it so that this class is importable, and picklable for spawned
+    workers, without importing torchvision.
     """
 
     def __init__(self, root: str, transform: Callable[[Image.Image], torch.Tensor], skip_corrupt: bool) -> None:
         from torchvision.datasets import ImageFolder
 
         self.folder = ImageFolder(root, transform=transform, loader=_decode_rgb)
-        self.skip_corrupt = skip_corrupt
-        self._unreadable = torch.zeros(len(self.folder), dtype=torch.bool).share_memory_()
+        self.skip_policy = SkipPolicy(len(self.folder), skip_corrupt)
 
     @property
     def classes(self) -> list[str]:
@@ -78,29 +84,14 @@ class ImageNetFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.folder)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if not self.skip_corrupt:
-            return self.folder[index]
-        for offset in range(len(self)):
-            candidate = (index + offset) % len(self)
-            if self._unreadable[candidate]:
-                continue
-            try:
-                return self.folder[candidate]
-            except UnreadableImageError as error:
-                self._unreadable[candidate] = True
-                warnings.warn(f"skipping unreadable image (data.skip_corrupt=true): {error}", stacklevel=2)
-        raise UnreadableImageError(f"no readable image in {self.folder.root}: every file failed to decode")
+    def __getitem__(self, index: int) -> LabelledImage:
+        (image, label), skipped = self.skip_policy.read(index, self.folder.__getitem__)
+        return LabelledImage(image, label, skipped)
 
     @property
     def unreadable_files(self) -> list[str]:
         """Paths found unreadable so far (in this process and its DataLoader workers)."""
-        return [self.samples[i][0] for i in torch.nonzero(self._unreadable).flatten().tolist()]
-
-    @property
-    def num_unreadable(self) -> int:
-        """How many distinct files were skipped so far."""
-        return int(self._unreadable.sum())
+        return [self.samples[i][0] for i in self.skip_policy.unreadable_indices]
 
 
 def train_transform(image_size: int, crop_scale: Sequence[float]) -> Callable[[Image.Image], torch.Tensor]:
@@ -168,7 +159,8 @@ def build_imagenet_datasets(
         image_size: training crop and evaluation centre-crop side.
         eval_resize: short side the evaluation image is resized to before the centre crop.
         crop_scale: area range of the random-resized crop, as a fraction of the image.
-        skip_corrupt: skip unreadable images (and count them, see `num_unreadable`) instead of raising.
+        skip_corrupt: flag unreadable images (each sample's `skipped`, with the next readable image in its place)
+            instead of raising.
     """
     if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
         raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {list(crop_scale)}")

@@ -73,7 +73,8 @@ class Workload(ABC):
 
     def pop_train_stats(self) -> dict[str, float]:
         """Sums the workload gathered in training since the last call (e.g. skipped infinite losses, padded frames);
-        the engine adds them over ranks and logs `train_metrics` of the totals as `train/<name>`."""
+        the engine adds them over ranks and logs `train_metrics` of the totals as `train/<name>`. The sum
+        "skipped" (examples that stood in for unreadable files) the engine keeps as the run's `skipped_train`."""
         return {}
 
     def train_metrics(self, sums: dict[str, float]) -> dict[str, float]:
@@ -87,7 +88,9 @@ class Workload(ABC):
 
     @abstractmethod
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        """Sums of evaluation statistics over `batch` (including the number of examples)."""
+        """Sums of evaluation statistics over `batch` (including the number of examples scored). A workload whose
+        files may be unreadable adds "skipped": the examples of the batch it did not score, recorded by the engine
+        as `skipped_<set>`."""
 
     @abstractmethod
     def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:

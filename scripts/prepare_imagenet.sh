@@ -2,9 +2,11 @@
 # Turn the official ILSVRC2012 archives into the ImageFolder layout data/imagenet.py reads:
 #   OUTPUT_DIR/train/<wnid>/*.JPEG   (1,281,167 images, 1000 classes)
 #   OUTPUT_DIR/val/<wnid>/*.JPEG     (50,000 images)
-# Idempotent: a finished split is marked with a .complete file and skipped; an interrupted run picks up where it
-# stopped (finished class folders are kept, unfinished ones redone). Needs about 150 GB free beside the archives:
-# the per-class tars of the training archive are unpacked one class at a time and deleted as they are done.
+# Idempotent: a finished split is marked with a .complete file and skipped; an interrupted or failed run picks up
+# where it stopped (finished class folders are kept, unfinished ones redone). A damaged archive (tar reports an
+# error) stops the script naming it, and nothing is marked complete. Needs about 150 GB free beside the archives:
+# the per-class tars of the training archive are unpacked one class at a time and deleted as they are done. Long
+# steps print their progress every PROGRESS_INTERVAL seconds (default 60).
 set -euo pipefail
 
 usage() {
@@ -16,8 +18,10 @@ the validation images, as one of (first found wins):
   $VAL_LABELS or ARCHIVE_DIR/val_labels.txt  lines "ILSVRC2012_val_00000001.JPEG n01751748"
   ARCHIVE_DIR/LOC_val_solution.csv           Kaggle's ImageNet localization challenge file
   ARCHIVE_DIR/ILSVRC2012_devkit_t12.tar.gz   the official devkit (reading its meta.mat needs Python with
-                                             scipy; set PYTHON, e.g. PYTHON="uv run --with scipy python")
-OUTPUT_DIR defaults to $IMAGENET_ROOT, else datasets/imagenet. JOBS sets parallel extractions (default: nproc).
+                                             scipy; set PYTHON, a command split on spaces, e.g.
+                                             PYTHON="uv run --with scipy python")
+OUTPUT_DIR defaults to $IMAGENET_ROOT, else datasets/imagenet. JOBS sets parallel extractions (default: nproc);
+PROGRESS_INTERVAL the seconds between progress lines (default: 60).
 Then train with IMAGENET_ROOT=OUTPUT_DIR (or data.root=OUTPUT_DIR).
 EOF
 }
@@ -32,7 +36,9 @@ fi
 ARCHIVE_DIR=$1
 OUTPUT_DIR=${2:-${IMAGENET_ROOT:-datasets/imagenet}}
 JOBS=${JOBS:-$(nproc)}
-PYTHON=${PYTHON:-python3}
+PROGRESS_INTERVAL=${PROGRESS_INTERVAL:-60}
+# A command line, not only a path: PYTHON="uv run --with scipy python" is three words and a program.
+read -r -a PYTHON_COMMAND <<<"${PYTHON:-python3}"
 TRAIN_TAR=$ARCHIVE_DIR/ILSVRC2012_img_train.tar
 VAL_TAR=$ARCHIVE_DIR/ILSVRC2012_img_val.tar
 EXPECTED_TRAIN=1281167
@@ -44,8 +50,40 @@ for archive in "$TRAIN_TAR" "$VAL_TAR"; do
 done
 mkdir -p "$OUTPUT_DIR/train" "$OUTPUT_DIR/val"
 
+# Every PROGRESS_INTERVAL seconds until stop_progress: "LABEL: N[ of TOTAL] UNIT, RATE UNIT/s", N printed by
+# COUNT_FUNCTION (cheap: it runs once a minute during steps of hours).
+progress_pid=
+start_progress() {
+  local label=$1 total=$2 unit=$3 count_function=$4
+  (
+    # The sleep in the background, ended by the trap, and never holding the script's stdout or stderr open (a
+    # caller reading them would wait for it).
+    sleeper=
+    trap '[[ -z $sleeper ]] || kill "$sleeper" 2>/dev/null; exit 0' TERM
+    start=$SECONDS
+    while true; do
+      sleep "$PROGRESS_INTERVAL" </dev/null >/dev/null 2>&1 &
+      sleeper=$!
+      wait "$sleeper"
+      count=$("$count_function")
+      echo "$label: $count${total:+ of $total} $unit, $((count / (SECONDS - start > 0 ? SECONDS - start : 1))) $unit/s"
+    done
+  ) &
+  progress_pid=$!
+}
+stop_progress() {
+  if [[ -n $progress_pid ]]; then
+    kill "$progress_pid" 2>/dev/null || true
+    wait "$progress_pid" 2>/dev/null || true
+    progress_pid=
+  fi
+}
+val_labels_file=
+trap 'stop_progress; rm -f "$val_labels_file"' EXIT
+
 # One class: unpack its tar into a temporary folder, rename the folder into place (so a class folder, once there,
-# is complete), delete the tar.
+# is complete), delete the tar, and log its image count for the progress lines. A tar that fails (truncated,
+# corrupt) is deleted with its partial folder, so the next run unpacks it again from the training archive.
 extract_class() {
   local class_tar=$1 train_dir wnid
   train_dir=$(dirname "$class_tar")
@@ -53,12 +91,25 @@ extract_class() {
   if [[ ! -d $train_dir/$wnid ]]; then
     rm -rf "$train_dir/.tmp.$wnid"
     mkdir "$train_dir/.tmp.$wnid"
-    tar -xf "$class_tar" -C "$train_dir/.tmp.$wnid"
+    if ! tar -xf "$class_tar" -C "$train_dir/.tmp.$wnid"; then
+      rm -rf "$train_dir/.tmp.$wnid" "$class_tar"
+      echo "prepare_imagenet.sh: error: class $wnid: its archive $wnid.tar inside ILSVRC2012_img_train.tar is" \
+        "damaged (tar's message above)" >&2
+      return 1
+    fi
+    find "$train_dir/.tmp.$wnid" -type f | wc -l >>"$train_dir/.extracted"
     mv "$train_dir/.tmp.$wnid" "$train_dir/$wnid"
   fi
   rm -f "$class_tar"
 }
 export -f extract_class
+
+class_tars_mb() {
+  find "$OUTPUT_DIR/train" -mindepth 1 -maxdepth 1 -name '*.tar' -printf '%s\n' | awk '{ s += $1 } END { print int(s / 1e6) }'
+}
+extracted_images() { awk '{ n += $1 } END { print n + 0 }' "$OUTPUT_DIR/train/.extracted"; }
+staged_val_images() { find "$OUTPUT_DIR/val/.staging" -type f | wc -l; }
+sorted_val_images() { find "$OUTPUT_DIR/val" -mindepth 2 -maxdepth 2 -type f -not -path '*/.staging/*' | wc -l; }
 
 prepare_train() {
   local train_dir=$OUTPUT_DIR/train excluded
@@ -70,9 +121,22 @@ prepare_train() {
   # Skip the tars of classes finished by an earlier, interrupted run.
   excluded=$(mktemp)
   find "$train_dir" -mindepth 1 -maxdepth 1 -type d -name 'n*' -printf '%f.tar\n' >"$excluded"
-  tar -xf "$TRAIN_TAR" -C "$train_dir" -X "$excluded"
+  start_progress "train: class archives" "$(($(stat -c %s "$TRAIN_TAR") / 1000000))" MB class_tars_mb
+  tar -xf "$TRAIN_TAR" -C "$train_dir" -X "$excluded" \
+    || die "$TRAIN_TAR is damaged (tar's message above): download it again (md5 1d675b47d978889d74fa0da5fadfb00e)" \
+      "and re-run; finished classes are kept"
+  stop_progress
   rm -f "$excluded"
-  find "$train_dir" -mindepth 1 -maxdepth 1 -name '*.tar' -print0 | xargs -0 -r -n 1 -P "$JOBS" bash -c 'extract_class "$0"'
+  : >"$train_dir/.extracted"
+  echo "train: unpacking $(find "$train_dir" -mindepth 1 -maxdepth 1 -name '*.tar' | wc -l) class archives ($JOBS at a time)"
+  start_progress "train: unpacked" "" images extracted_images
+  # `bash -c` runs extract_class in a new shell, which does not inherit set -e: its status is its own return.
+  find "$train_dir" -mindepth 1 -maxdepth 1 -name '*.tar' -print0 \
+    | xargs -0 -r -n 1 -P "$JOBS" bash -c 'extract_class "$0"' \
+    || die "damaged class archives (named above); nothing was marked complete. Download ILSVRC2012_img_train.tar" \
+      "again (md5 1d675b47d978889d74fa0da5fadfb00e) and re-run: the finished classes are kept, the damaged ones redone"
+  stop_progress
+  rm -f "$train_dir/.extracted"
   touch "$train_dir/.complete"
 }
 
@@ -86,9 +150,10 @@ val_labels() {
     # ImageId,PredictionString where PredictionString starts with the wnid of the first box.
     awk -F, 'NR > 1 && NF { split($2, boxes, " "); print $1 ".JPEG", boxes[1] }' "$ARCHIVE_DIR/LOC_val_solution.csv"
   elif [[ -f $ARCHIVE_DIR/ILSVRC2012_devkit_t12.tar.gz ]]; then
-    "$PYTHON" -c 'import scipy.io' 2>/dev/null \
-      || die "reading the devkit's meta.mat needs scipy: rerun with PYTHON=\"uv run --with scipy python\", or provide val_labels.txt"
-    "$PYTHON" - "$ARCHIVE_DIR/ILSVRC2012_devkit_t12.tar.gz" <<'PY'
+    "${PYTHON_COMMAND[@]}" -c 'import scipy.io' 2>/dev/null \
+      || die "reading the devkit's meta.mat needs scipy, which PYTHON=\"${PYTHON_COMMAND[*]}\" cannot import:" \
+        "rerun with PYTHON=\"uv run --with scipy python\", or provide val_labels.txt"
+    "${PYTHON_COMMAND[@]}" - "$ARCHIVE_DIR/ILSVRC2012_devkit_t12.tar.gz" <<'PY'
 import io
 import sys
 import tarfile
@@ -109,26 +174,26 @@ PY
   fi
 }
 
+# $1: the file of "image wnid" lines that val_labels wrote (read before the hours of training extraction, so a
+# missing label source or scipy fails at once).
 prepare_val() {
-  local val_dir=$OUTPUT_DIR/val staging=$OUTPUT_DIR/val/.staging labels leftover
-  if [[ -f $val_dir/.complete ]]; then
-    echo "val: already prepared in $val_dir"
-    return
-  fi
-  labels=$(mktemp)
-  val_labels >"$labels"
-  [[ -s $labels ]] || die "the validation label source is empty"
+  local labels=$1 val_dir=$OUTPUT_DIR/val staging=$OUTPUT_DIR/val/.staging leftover
   echo "val: unpacking $VAL_TAR into $val_dir ($(wc -l <"$labels") labels)"
   mkdir -p "$staging"
-  tar -xf "$VAL_TAR" -C "$staging"
+  start_progress "val: unpacked" "$(wc -l <"$labels")" images staged_val_images
+  tar -xf "$VAL_TAR" -C "$staging" \
+    || die "$VAL_TAR is damaged (tar's message above): download it again (md5 29b22e2961454d5413ddabcf34fc5622)" \
+      "and re-run"
+  stop_progress
   # One mkdir per class, then one mv per image; images moved by an interrupted run are simply absent here.
   cut -d' ' -f2 "$labels" | sort -u | (cd "$val_dir" && xargs mkdir -p)
+  start_progress "val: sorted into class folders" "$(wc -l <"$labels")" images sorted_val_images
   while read -r image wnid; do
     if [[ -f $staging/$image ]]; then
       mv -f "$staging/$image" "$val_dir/$wnid/$image"
     fi
   done <"$labels"
-  rm -f "$labels"
+  stop_progress
   leftover=$(find "$staging" -type f -print -quit)
   [[ -z $leftover ]] || die "validation images without a label, e.g. $leftover; check the label source"
   rmdir "$staging"
@@ -137,8 +202,17 @@ prepare_val() {
 
 count_images() { find "$1" -mindepth 2 -maxdepth 2 -type f -not -name '.*' | wc -l; }
 
+if [[ -f $OUTPUT_DIR/val/.complete ]]; then
+  echo "val: already prepared in $OUTPUT_DIR/val"
+else
+  val_labels_file=$(mktemp)
+  val_labels >"$val_labels_file"
+  [[ -s $val_labels_file ]] || die "the validation label source is empty"
+fi
 prepare_train
-prepare_val
+if [[ -n $val_labels_file ]]; then
+  prepare_val "$val_labels_file"
+fi
 train_count=$(count_images "$OUTPUT_DIR/train")
 val_count=$(count_images "$OUTPUT_DIR/val")
 echo "done: $train_count training and $val_count validation images in $OUTPUT_DIR"

@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
+from data.corrupt import CorruptFileWarning
 from data.imagenet import IMAGENET_MEAN, IMAGENET_STD, UnreadableImageError, build_imagenet_datasets
 from data.synthetic_imagenet import make_synthetic_imagefolder
 from novograd.workloads.imagenet import ImageNetWorkload, top_k_correct
@@ -72,13 +73,13 @@ def test_datasets_decode_and_transform(synthetic_root):
     train, val = build_imagenet_datasets(synthetic_root, num_classes=3, image_size=32, eval_resize=36)
     assert (len(train), len(val)) == (12, 6)
     assert train.classes == val.classes == ["n00000000", "n00000001", "n00000002"]
-    image, label = train[5]
+    image, label, skipped = train[5]
     assert type(image) is torch.Tensor and image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert label == 1
+    assert label == 1 and skipped is False
     torch.manual_seed(0)
-    crops = [train[0][0] for _ in range(3)]
+    crops = [train[0].image for _ in range(3)]
     assert not torch.equal(crops[0], crops[1])  # random-resized crop and flip
-    assert torch.equal(val[0][0], val[0][0])  # evaluation is deterministic
+    assert torch.equal(val[0].image, val[0].image)  # evaluation is deterministic
 
 
 def test_eval_transform_is_resize_then_center_crop_then_normalize(synthetic_root):
@@ -88,7 +89,7 @@ def test_eval_transform_is_resize_then_center_crop_then_normalize(synthetic_root
         resized = image.convert("RGB").resize((36, 36), Image.BILINEAR).crop((2, 2, 34, 34))
     pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255
     expected = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
-    torch.testing.assert_close(val[0][0], expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(val[0].image, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["missing", "empty", "no_val", "empty_class_folders"])
@@ -132,20 +133,25 @@ def test_corrupt_jpeg_is_an_error_naming_the_file(synthetic_root, tmp_path, num_
             list(loader)
 
 
-def test_skip_corrupt_substitutes_the_next_image_and_counts_across_workers(synthetic_root, tmp_path):
+def test_skip_corrupt_substitutes_the_next_image_and_flags_it_across_workers(synthetic_root, tmp_path):
     root = copy_of(synthetic_root, tmp_path)
     index, path = corrupt_one_image(root)
     train, _ = build_imagenet_datasets(root, num_classes=3, image_size=32, eval_resize=36, skip_corrupt=True)
     loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=1)
-    labels = torch.cat([labels for _, labels in loader])
-    assert len(labels) == len(train)  # the epoch keeps its length
-    assert (train.num_unreadable, train.unreadable_files) == (1, [path])  # found in the worker process
-    assert train[index][1] == train.samples[index + 1][1]
-    assert train.num_unreadable == 1  # counted once per file, not per read
+    batches = list(loader)
+    skipped = torch.cat([batch.skipped for batch in batches])
+    assert len(skipped) == len(train)  # the epoch keeps its length
+    assert skipped.nonzero().flatten().tolist() == [index]  # the flag travels through collate
+    assert train.unreadable_files == [path]  # found in the worker process
+    standing_in = train[index]
+    assert standing_in.skipped and standing_in.label == train.samples[index + 1][1]
+    assert train.unreadable_files == [path]  # one entry per file, not per read
 
     fresh, _ = build_imagenet_datasets(root, num_classes=3, image_size=32, eval_resize=36, skip_corrupt=True)
-    with pytest.warns(UserWarning, match=f"skipping unreadable image.*{path}"):
+    with pytest.warns(CorruptFileWarning, match=f"skipping an unreadable file.*{path}") as warned:
         fresh[index]
+        fresh[index]
+    assert len(warned) == 1  # named once: the second read skips the file without decoding it
 
 
 def test_bad_transform_settings_are_errors(synthetic_root):
@@ -193,8 +199,8 @@ def test_smoke_workload_end_to_end(smoke_workload, tmp_path):
     assert Path(train.folder.root).parent.parent == tmp_path
     assert (len(train), len(val), model.fc.out_features) == (4 * 8, 4 * 4, 4)
     batch = smoke_workload.collate([train[i] for i in range(6)])
-    images, labels = batch
-    assert images.shape == (6, 3, 32, 32) and labels.dtype == torch.int64
+    images, labels, skipped = batch
+    assert images.shape == (6, 3, 32, 32) and labels.dtype == torch.int64 and not skipped.any()
     loss = smoke_workload.loss(model, batch)
     torch.testing.assert_close(loss, F.cross_entropy(model(images), labels) * 6)
     loss.backward()

@@ -2,6 +2,10 @@
 
 Each rank evaluates its unpadded shard of a set (`data.EvalBatchSampler`), sums the workload's per-batch
 statistics, and one all-reduce adds the sums of all ranks; the workload turns the totals into the paper's metrics.
+
+A workload whose examples are files that may be unreadable (`data.skip_corrupt=true`, data/corrupt.py) scores only
+the readable ones and adds the others up under `SKIPPED`; that count is recorded beside the set's metrics as
+`skipped_<set>` (`eval/skipped_val` in metrics.jsonl, `skipped_val` in summary.json).
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from novograd.engine.distributed import all_reduce_sum, gather_objects
+
+#: The sum (of `eval_step`) and the training statistic (of `pop_train_stats`) counting the examples of unreadable
+#: files: not scored in evaluation, replaced by readable ones in training.
+SKIPPED = "skipped"
 
 if TYPE_CHECKING:
     from novograd.engine.precision import Precision
@@ -29,12 +37,16 @@ def evaluate(
     final: bool = False,
 ) -> dict[str, float]:
     """The workload's metrics over every evaluation set it asks for now (`final`: at the end of training), merged
-    (each set's metrics carry its name where the workload names them so, e.g. `wer_dev_clean`)."""
+    (each set's metrics carry its name where the workload names them so, e.g. `wer_dev_clean`), with the count of
+    examples it could not score, `skipped_<set>`, where it reports one."""
     metrics: dict[str, float] = {}
     for name, loader in loaders.items():
         if workload.begin_evaluation(name, final):
             totals = evaluate_set(workload, model, loader, to_device, precision, device)
+            skipped = totals.pop(SKIPPED, None)
             metrics |= workload.eval_metrics(totals, name)
+            if skipped is not None:
+                metrics[f"{SKIPPED}_{name}"] = round(skipped)
     return metrics
 
 

@@ -23,7 +23,7 @@ from novograd.engine.accumulation import accumulate_gradients
 from novograd.engine.batches import to_device
 from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
-from novograd.engine.evaluation import evaluate
+from novograd.engine.evaluation import SKIPPED, evaluate
 from novograd.engine.logger import RunLogger
 from novograd.engine.output_dir import ensure_writable_output_dir
 from novograd.engine.precision import Precision, enable_tf32
@@ -51,6 +51,7 @@ class Progress:
     best: dict[str, float] = field(default_factory=dict)
     last_eval_step: int = -1
     last_metrics: dict[str, float] = field(default_factory=dict)
+    skipped_train: int | None = None  # examples replaced for unreadable files; None: not counted
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -377,9 +378,12 @@ class Trainer:
         sums = window.reduced_sums(self.workload.pop_train_stats())
         mean_loss = sums.pop("loss") / window.count
         throughput = window.count / elapsed
+        if SKIPPED in sums:  # cumulative: a run's count of replaced examples, whatever the logging interval
+            progress.skipped_train = (progress.skipped_train or 0) + round(sums.pop(SKIPPED))
+        skipped = {} if progress.skipped_train is None else {"train/skipped_train": progress.skipped_train}
         self.logger.log(progress.step, {
             "train/loss": mean_loss, "train/lr": lr, "train/throughput": throughput, "epoch": self._epoch_float(),
-        } | {f"train/{name}": value for name, value in self.workload.train_metrics(sums).items()})
+        } | skipped | {f"train/{name}": value for name, value in self.workload.train_metrics(sums).items()})
         self.logger.advance(window.steps, {
             "loss": f"{mean_loss:.4f}", "lr": f"{lr:.3g}", f"{self.plan.unit}/s": f"{throughput:.0f}"
         })
@@ -390,6 +394,8 @@ class Trainer:
         progress = self.progress
         summary: dict[str, Any] = dict(progress.last_metrics)
         summary |= {f"best_{name}": value for name, value in progress.best.items()}
+        if progress.skipped_train is not None:
+            summary["skipped_train"] = progress.skipped_train
         summary |= {
             "steps": progress.step,
             "epochs": round(self._epoch_float(), 4),

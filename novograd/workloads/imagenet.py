@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 from novograd.workload import Workload
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+if TYPE_CHECKING:
+    from data.imagenet import LabelledImage
 
 
 class ImageNetWorkload(Workload):
@@ -24,7 +25,10 @@ class ImageNetWorkload(Workload):
         model: the model config; instantiated with hydra (its `_target_`), with `num_classes` taken from `data`.
         data: the data config (configs/data/imagenet.yaml documents every key read here).
 
-    Batches are `(images, labels)` already on the model's device: float images (N, 3, H, W) and int64 labels.
+    Batches are `LabelledImage`s already on the model's device: float images (N, 3, H, W), int64 labels and the
+    bool `skipped` flags of unreadable files (`data.skip_corrupt=true`, data/corrupt.py). Training uses the images
+    that stand in for them and counts them (`pop_train_stats`); evaluation scores only the others and counts the
+    flagged ones, so each readable example is scored exactly once.
     """
 
     metric_goals = {"top1": "max", "top5": "max"}
@@ -35,6 +39,7 @@ class ImageNetWorkload(Workload):
     def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any]) -> None:
         self.model_cfg = model
         self.data_cfg = data
+        self._substituted: torch.Tensor | float = 0.0  # added up lazily as a tensor: no device sync per step
 
     def build_model(self) -> nn.Module:
         from hydra.utils import instantiate
@@ -61,14 +66,18 @@ class ImageNetWorkload(Workload):
         )
         return train, {"val": val}
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        images, labels = batch
+    def loss(self, model: nn.Module, batch: LabelledImage) -> torch.Tensor:
+        self._substituted = self._substituted + batch.skipped.sum()
         # float(): under autocast the logits may be bf16/fp16; the summed loss is accumulated in fp32.
-        return F.cross_entropy(model(images).float(), labels, reduction="sum")
+        return F.cross_entropy(model(batch.image).float(), batch.label, reduction="sum")
 
-    def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        return top_k_correct(model(images), labels)
+    def pop_train_stats(self) -> dict[str, float]:
+        stats = {"skipped": float(self._substituted)}
+        self._substituted = 0.0
+        return stats
+
+    def eval_step(self, model: nn.Module, batch: LabelledImage) -> dict[str, torch.Tensor]:
+        return top_k_correct(model(batch.image), batch.label, scored=~batch.skipped) | {"skipped": batch.skipped.sum()}
 
     def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:
         count = totals["count"]
@@ -77,15 +86,17 @@ class ImageNetWorkload(Workload):
         return {"top1": 100.0 * totals["correct_top1"] / count, "top5": 100.0 * totals["correct_top5"] / count}
 
 
-def top_k_correct(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Sums for top-1/top-5 accuracy: how many labels are the highest logit, how many are among the 5 highest.
+def top_k_correct(
+    logits: torch.Tensor, labels: torch.Tensor, scored: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Sums for top-1/top-5 accuracy: how many labels are the highest logit, how many are among the 5 highest, of
+    how many examples (those where the bool mask `scored` is true; default: all).
 
     With fewer than 5 classes (the synthetic twin) top-5 is every class, hence always correct.
     """
+    if scored is None:
+        scored = torch.ones_like(labels, dtype=torch.bool)
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    hits = top == labels.unsqueeze(1)
-    return {
-        "correct_top1": hits[:, 0].sum(),
-        "correct_top5": hits.any(dim=1).sum(),
-        "count": torch.tensor(labels.shape[0], device=labels.device),
-    }
+    # A mask rather than indexing by it: boolean indexing would wait for the device to count the rows.
+    hits = (top == labels.unsqueeze(1)) & scored.unsqueeze(1)
+    return {"correct_top1": hits[:, 0].sum(), "correct_top5": hits.any(dim=1).sum(), "count": scored.sum()}
