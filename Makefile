@@ -47,20 +47,20 @@ tables: ## The paper's tables with your runs (results/runs/) beside them, in res
 	$(PYTHON) -m novograd.report.tables $(ARGS)
 
 prepare-imagenet: ## ImageNet train/ and val/ folders from the ILSVRC2012 archives in ARCHIVES=DIR, into IMAGENET_ROOT
-	@test -n "$(ARCHIVES)" -a -n "$(IMAGENET_ROOT)" || { echo "usage: make prepare-imagenet ARCHIVES=/path/to/archives IMAGENET_ROOT=/data/imagenet"; exit 2; }
-	scripts/prepare_imagenet.sh $(ARCHIVES) $(IMAGENET_ROOT)
+	@test -n "$(ARCHIVES)" -a -n "$(IMAGENET_ROOT)" || { echo "usage: make prepare-imagenet ARCHIVES=/path/to/archives IMAGENET_ROOT=/data/imagenet [ARGS=\"--jobs 16 ...\"]"; exit 2; }
+	scripts/prepare_imagenet.sh $(ARGS) $(ARCHIVES) $(IMAGENET_ROOT)
 
 prepare-librispeech: ## LibriSpeech FLACs + JSON-lines manifests from the official archives in ARCHIVES=DIR, into LIBRISPEECH_ROOT
-	@test -n "$(ARCHIVES)" -a -n "$(LIBRISPEECH_ROOT)" || { echo "usage: make prepare-librispeech ARCHIVES=/path/to/archives LIBRISPEECH_ROOT=/data/librispeech"; exit 2; }
-	$(PYTHON) scripts/prepare_librispeech.py --archives $(ARCHIVES) --root $(LIBRISPEECH_ROOT)
+	@test -n "$(ARCHIVES)" -a -n "$(LIBRISPEECH_ROOT)" || { echo "usage: make prepare-librispeech ARCHIVES=/path/to/archives LIBRISPEECH_ROOT=/data/librispeech [ARGS=\"<script options>\"]"; exit 2; }
+	$(PYTHON) scripts/prepare_librispeech.py --archives $(ARCHIVES) --root $(LIBRISPEECH_ROOT) $(ARGS)
 
 prepare-wikitext103: ## WikiText-103 vocabulary and token arrays into WT103_ROOT, from SOURCE=hub (default, online) or the official zip/folder
-	@test -n "$(WT103_ROOT)" || { echo "usage: make prepare-wikitext103 WT103_ROOT=/data/wikitext103 [SOURCE=hub|/path/to/wikitext-103-v1.zip]"; exit 2; }
-	HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 $(PYTHON) scripts/prepare_wikitext103.py --root $(WT103_ROOT) --source $(or $(SOURCE),hub)
+	@test -n "$(WT103_ROOT)" || { echo "usage: make prepare-wikitext103 WT103_ROOT=/data/wikitext103 [SOURCE=hub|/path/to/wikitext-103-v1.zip] [ARGS=\"<script options>\"]"; exit 2; }
+	HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 $(PYTHON) scripts/prepare_wikitext103.py --root $(WT103_ROOT) --source $(or $(SOURCE),hub) $(ARGS)
 
 prepare-wmt14: ## WMT14 en-de joint BPE (8192) and token arrays into WMT14_ROOT, from SOURCE=hub (default, online) or local text files
-	@test -n "$(WMT14_ROOT)" || { echo "usage: make prepare-wmt14 WMT14_ROOT=/data/wmt14 [SOURCE=hub|/path/to/text]"; exit 2; }
-	HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 $(PYTHON) scripts/prepare_wmt14.py --root $(WMT14_ROOT) --source $(or $(SOURCE),hub)
+	@test -n "$(WMT14_ROOT)" || { echo "usage: make prepare-wmt14 WMT14_ROOT=/data/wmt14 [SOURCE=hub|/path/to/text] [ARGS=\"<script options>\"]"; exit 2; }
+	HF_DATASETS_OFFLINE=0 HF_HUB_OFFLINE=0 $(PYTHON) scripts/prepare_wmt14.py --root $(WMT14_ROOT) --source $(or $(SOURCE),hub) $(ARGS)
 
 bench-optimizer: ## ms per optimizer step: NovoGrad paths vs torch SGD/AdamW on ResNet-50 and Transformer-big shapes
 	$(PYTHON) scripts/bench_optimizer.py $(ARGS)

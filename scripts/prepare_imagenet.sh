@@ -11,33 +11,54 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: scripts/prepare_imagenet.sh ARCHIVE_DIR [OUTPUT_DIR]
+Usage: scripts/prepare_imagenet.sh [OPTIONS] ARCHIVE_DIR [OUTPUT_DIR]
 
 ARCHIVE_DIR must hold ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) and the labels of
 the validation images, as one of (first found wins):
-  $VAL_LABELS or ARCHIVE_DIR/val_labels.txt  lines "ILSVRC2012_val_00000001.JPEG n01751748"
-  ARCHIVE_DIR/LOC_val_solution.csv           Kaggle's ImageNet localization challenge file
-  ARCHIVE_DIR/ILSVRC2012_devkit_t12.tar.gz   the official devkit (reading its meta.mat needs Python with
-                                             scipy; set PYTHON, a command split on spaces, e.g.
-                                             PYTHON="uv run --with scipy python")
-OUTPUT_DIR defaults to $IMAGENET_ROOT, else datasets/imagenet. JOBS sets parallel extractions (default: nproc);
-PROGRESS_INTERVAL the seconds between progress lines (default: 60).
-Then train with IMAGENET_ROOT=OUTPUT_DIR (or data.root=OUTPUT_DIR).
+  --val-labels FILE or ARCHIVE_DIR/val_labels.txt  lines "ILSVRC2012_val_00000001.JPEG n01751748"
+  ARCHIVE_DIR/LOC_val_solution.csv                 Kaggle's ImageNet localization challenge file
+  ARCHIVE_DIR/ILSVRC2012_devkit_t12.tar.gz         the official devkit (reading its meta.mat needs a Python
+                                                   with scipy: see --python)
+OUTPUT_DIR defaults to $IMAGENET_ROOT, else datasets/imagenet. Then train with IMAGENET_ROOT=OUTPUT_DIR (or
+data.root=OUTPUT_DIR).
+
+Options (each also read from the environment variable in brackets; `make prepare-imagenet ARGS="..."` passes them):
+  --jobs N               class archives unpacked at once [JOBS] (default: nproc)
+  --python COMMAND       the Python that reads meta.mat, a command split on spaces [PYTHON] (default: python3),
+                         e.g. --python "uv run --with scipy python"
+  --val-labels FILE      the validation labels file [VAL_LABELS]
+  --progress-interval S  seconds between progress lines of long steps [PROGRESS_INTERVAL] (default: 60)
 EOF
 }
 
 die() { echo "prepare_imagenet.sh: error: $*" >&2; exit 1; }
 
-if [[ $# -lt 1 || $# -gt 2 || $1 == -h || $1 == --help ]]; then
+while [[ $# -gt 0 && $1 == -* ]]; do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --jobs | --python | --val-labels | --progress-interval)
+      [[ $# -ge 2 ]] || die "$1 needs a value (run with --help for usage)"
+      case $1 in
+        --jobs) JOBS=$2 ;;
+        --python) PYTHON=$2 ;;
+        --val-labels) VAL_LABELS=$2 ;;
+        --progress-interval) PROGRESS_INTERVAL=$2 ;;
+      esac
+      shift 2 ;;
+    *) die "unknown option $1 (run with --help for usage)" ;;
+  esac
+done
+if [[ $# -lt 1 || $# -gt 2 ]]; then
   usage >&2
-  [[ $# -ge 1 && ($1 == -h || $1 == --help) ]] && exit 0
   exit 2
 fi
 ARCHIVE_DIR=$1
 OUTPUT_DIR=${2:-${IMAGENET_ROOT:-datasets/imagenet}}
 JOBS=${JOBS:-$(nproc)}
 PROGRESS_INTERVAL=${PROGRESS_INTERVAL:-60}
-# A command line, not only a path: PYTHON="uv run --with scipy python" is three words and a program.
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "--jobs (JOBS) must be a positive integer, got '$JOBS'"
+[[ $PROGRESS_INTERVAL =~ ^[1-9][0-9]*$ ]] || die "--progress-interval must be a positive integer, got '$PROGRESS_INTERVAL'"
+# A command line, not only a path: "uv run --with scipy python" is a program and its three arguments.
 read -r -a PYTHON_COMMAND <<<"${PYTHON:-python3}"
 TRAIN_TAR=$ARCHIVE_DIR/ILSVRC2012_img_train.tar
 VAL_TAR=$ARCHIVE_DIR/ILSVRC2012_img_val.tar
@@ -144,15 +165,15 @@ prepare_train() {
 val_labels() {
   if [[ -n ${VAL_LABELS:-} || -f $ARCHIVE_DIR/val_labels.txt ]]; then
     local labels=${VAL_LABELS:-$ARCHIVE_DIR/val_labels.txt}
-    [[ -f $labels ]] || die "VAL_LABELS=$labels does not exist"
+    [[ -f $labels ]] || die "the validation labels file $labels (--val-labels, VAL_LABELS) does not exist"
     awk 'NF { print $1, $2 }' "$labels"
   elif [[ -f $ARCHIVE_DIR/LOC_val_solution.csv ]]; then
     # ImageId,PredictionString where PredictionString starts with the wnid of the first box.
     awk -F, 'NR > 1 && NF { split($2, boxes, " "); print $1 ".JPEG", boxes[1] }' "$ARCHIVE_DIR/LOC_val_solution.csv"
   elif [[ -f $ARCHIVE_DIR/ILSVRC2012_devkit_t12.tar.gz ]]; then
     "${PYTHON_COMMAND[@]}" -c 'import scipy.io' 2>/dev/null \
-      || die "reading the devkit's meta.mat needs scipy, which PYTHON=\"${PYTHON_COMMAND[*]}\" cannot import:" \
-        "rerun with PYTHON=\"uv run --with scipy python\", or provide val_labels.txt"
+      || die "reading the devkit's meta.mat needs scipy, which '${PYTHON_COMMAND[*]}' cannot import:" \
+        "rerun with --python \"uv run --with scipy python\" (or PYTHON=...), or provide val_labels.txt"
     "${PYTHON_COMMAND[@]}" - "$ARCHIVE_DIR/ILSVRC2012_devkit_t12.tar.gz" <<'PY'
 import io
 import sys
