@@ -4,7 +4,7 @@
 #   OUTPUT_DIR/val/<wnid>/*.JPEG     (50,000 images)
 # Idempotent: a finished split is marked with a .complete file and skipped; an interrupted or failed run picks up
 # where it stopped (finished class folders are kept, unfinished ones redone). A damaged archive (tar reports an
-# error) stops the script naming it, and nothing is marked complete. Needs about 150 GB free beside the archives:
+# error) stops the script naming it (as does a full disk), and nothing is marked complete. Needs about 150 GB free beside the archives:
 # the per-class tars of the training archive are unpacked one class at a time and deleted as they are done. Long
 # steps print their progress every PROGRESS_INTERVAL seconds (default 60).
 set -euo pipefail
@@ -114,12 +114,12 @@ extract_class() {
     mkdir "$train_dir/.tmp.$wnid"
     if ! tar -xf "$class_tar" -C "$train_dir/.tmp.$wnid"; then
       rm -rf "$train_dir/.tmp.$wnid" "$class_tar"
-      echo "prepare_imagenet.sh: error: class $wnid: its archive $wnid.tar inside ILSVRC2012_img_train.tar is" \
-        "damaged (tar's message above)" >&2
+      echo "prepare_imagenet.sh: error: class $wnid: its archive $wnid.tar inside ILSVRC2012_img_train.tar could" \
+        "not be unpacked (tar's message above: a damaged archive, or a full disk)" >&2
       return 1
     fi
     find "$train_dir/.tmp.$wnid" -type f | wc -l >>"$train_dir/.extracted"
-    mv "$train_dir/.tmp.$wnid" "$train_dir/$wnid"
+    mv "$train_dir/.tmp.$wnid" "$train_dir/$wnid" || return 1
   fi
   rm -f "$class_tar"
 }
@@ -140,12 +140,12 @@ prepare_train() {
   fi
   echo "train: unpacking $TRAIN_TAR into $train_dir"
   # Skip the tars of classes finished by an earlier, interrupted run.
-  excluded=$(mktemp)
+  excluded=$train_dir/.finished_classes
   find "$train_dir" -mindepth 1 -maxdepth 1 -type d -name 'n*' -printf '%f.tar\n' >"$excluded"
   start_progress "train: class archives" "$(($(stat -c %s "$TRAIN_TAR") / 1000000))" MB class_tars_mb
   tar -xf "$TRAIN_TAR" -C "$train_dir" -X "$excluded" \
-    || die "$TRAIN_TAR is damaged (tar's message above): download it again (md5 1d675b47d978889d74fa0da5fadfb00e)" \
-      "and re-run; finished classes are kept"
+    || die "$TRAIN_TAR could not be unpacked (tar's message above): if damaged, download it again" \
+      "(md5 1d675b47d978889d74fa0da5fadfb00e); if the disk is full, free space. Then re-run: finished classes are kept"
   stop_progress
   rm -f "$excluded"
   : >"$train_dir/.extracted"
@@ -154,8 +154,9 @@ prepare_train() {
   # `bash -c` runs extract_class in a new shell, which does not inherit set -e: its status is its own return.
   find "$train_dir" -mindepth 1 -maxdepth 1 -name '*.tar' -print0 \
     | xargs -0 -r -n 1 -P "$JOBS" bash -c 'extract_class "$0"' \
-    || die "damaged class archives (named above); nothing was marked complete. Download ILSVRC2012_img_train.tar" \
-      "again (md5 1d675b47d978889d74fa0da5fadfb00e) and re-run: the finished classes are kept, the damaged ones redone"
+    || die "class archives could not be unpacked (named above); nothing was marked complete. For a damaged archive," \
+      "download ILSVRC2012_img_train.tar again (md5 1d675b47d978889d74fa0da5fadfb00e); for a full disk, free space." \
+      "Then re-run: the finished classes are kept, the others redone"
   stop_progress
   rm -f "$train_dir/.extracted"
   touch "$train_dir/.complete"
@@ -203,8 +204,8 @@ prepare_val() {
   mkdir -p "$staging"
   start_progress "val: unpacked" "$(wc -l <"$labels")" images staged_val_images
   tar -xf "$VAL_TAR" -C "$staging" \
-    || die "$VAL_TAR is damaged (tar's message above): download it again (md5 29b22e2961454d5413ddabcf34fc5622)" \
-      "and re-run"
+    || die "$VAL_TAR could not be unpacked (tar's message above): if damaged, download it again" \
+      "(md5 29b22e2961454d5413ddabcf34fc5622); if the disk is full, free space. Then re-run"
   stop_progress
   # One mkdir per class, then one mv per image; images moved by an interrupted run are simply absent here.
   cut -d' ' -f2 "$labels" | sort -u | (cd "$val_dir" && xargs mkdir -p)
