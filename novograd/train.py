@@ -14,6 +14,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from novograd.engine.compose import settle_and_check
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")  # the repository's configs/
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ OmegaConf.register_new_resolver("or_else", lambda value, default: default if val
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Any:
     """Train the configured experiment; returns the run's summary (final and best metrics)."""
+    settle_and_check(cfg)  # the optimizer swap, the debug warmup and every check that needs no model or data
     from novograd.engine import run
     from novograd.engine.output_dir import remove_empty_directories
     from novograd.engine.preemption import hand_on_signal, record_outcome
