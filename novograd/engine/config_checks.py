@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 # Sections whose keys are arguments of a class the config names with `_target_`: a `+key` there is checked
 # against the class's signature. Everywhere else the suite reads only the keys configs/ define, so an added key
-# would be read by nothing. (`optimizer` keys are checked by the optimizer factory; `hydra` is Hydra's own.)
+# would be read by nothing. (`optimizer` and `scheduler` keys are checked by their builders, whose messages list
+# the valid keys; `hydra` is Hydra's own.)
 TARGET_SECTIONS = ("model", "workload")
-UNCHECKED_SECTIONS = ("optimizer", "hydra")
+UNCHECKED_SECTIONS = ("optimizer", "scheduler", "hydra")
 # A schedule length for configs that train by epochs: their number of steps depends on the dataset's size.
 _UNKNOWN_LENGTH = 2**62
 
