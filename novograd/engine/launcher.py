@@ -94,6 +94,8 @@ def _world_size(argv: list[str]) -> int | None:
 
     args = get_args_parser().parse_args(argv)
     nproc, nnodes = str(args.nproc_per_node), str(args.nnodes)
+    low, _, high = nnodes.partition(":")  # torchrun's default is "1:1"
+    nnodes = low if high in ("", low) else "elastic"
     if nproc in ("gpu", "auto", "cpu"):
         gpus = torch.cuda.device_count()
         nproc = str(gpus if nproc == "gpu" or (nproc == "auto" and gpus) else os.cpu_count())
