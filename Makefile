@@ -27,9 +27,11 @@ help: ## List every target
 	@echo "Paper rows (torchrun via novograd.engine.launcher --nproc-per-node=NPROC --nnodes=NNODES -m novograd.train experiment=<row>):"
 	@$(foreach e,$(EXPERIMENTS),printf "  %-28s experiment=%s\n" "$(call target_name,$(e))" "$(e)";)
 
-install: ## Install uv if missing, then the locked environment into .venv
+# --inexact: the locked packages at their locked versions, without removing what the user added to .venv (the slurm
+# extra from `uv sync --frozen --extra slurm`, apex): an exact sync would uninstall them on every `make test`.
+install: ## Install uv if missing, then the locked environment into .venv (keeping extras you installed)
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --inexact
 
 demo: install ## Install, then reproduce the deep linear network study (Section 4) on the CPU
 	$(MAKE) --no-print-directory dln

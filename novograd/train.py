@@ -7,6 +7,7 @@ without it. Nothing heavy is imported before Hydra has composed the config, so `
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from novograd.engine.compose import settle_and_check
+from novograd.engine.config_checks import missing_launcher_plugin
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")  # the repository's configs/
 
@@ -47,4 +49,7 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
+    if missing_plugin := missing_launcher_plugin(sys.argv[1:]):  # before Hydra, which cannot compose without it
+        print(missing_plugin, file=sys.stderr)
+        sys.exit(2)
     main()

@@ -162,6 +162,9 @@ def test_launcher_slurm_without_its_extra_names_the_fix() -> None:
     except ImportError:
         pass
     assert "uv sync --frozen --extra slurm" in check_training_command([*SMOKE_ROW, "launcher=slurm"])
+    direct = subprocess.run([sys.executable, "-m", "novograd.train", "-m", "launcher=slurm",
+                             "experiment=table2/novograd_b8k"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert direct.returncode == 2 and "uv sync --frozen --extra slurm" in direct.stderr, direct.stderr[-2000:]
 
 
 def test_make_row_with_a_config_error_prints_it_once_and_starts_no_worker(tmp_path: Path) -> None:

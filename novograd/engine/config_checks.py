@@ -7,7 +7,8 @@ a `+key` nothing reads, ...), each with what to change. It applies the rules of 
 each rule is written once, where it is enforced. `novograd.engine.launcher` (what `make <row>` runs) checks
 every job of a command before starting torchrun's workers; `python -m novograd.train` checks again, for direct
 torchrun or python use. `composition_error_message` makes Hydra's own composition errors (a key that does not
-exist, a missing config group option) read the same way.
+exist, a missing config group option) read the same way, and `missing_launcher_plugin` says what to install for
+`launcher=slurm`.
 """
 
 from __future__ import annotations
@@ -60,10 +61,22 @@ def composition_error_message(error: Exception) -> str:
     cause = error.__cause__
     if cause is not None and str(cause).strip() and str(cause).strip() not in text:
         text += f"\n{str(cause).strip()}"
-    if "submitit" in text:
-        text += ("\nlauncher=slurm needs hydra-submitit-launcher, the `slurm` extra: install it with "
-                 "`uv sync --frozen --extra slurm` (`make install` keeps it installed).")
     return f"Config error (nothing was started):\n  {text}"
+
+
+def missing_launcher_plugin(args: list[str]) -> str | None:
+    """What to install when the command line chooses `launcher=slurm` (configs/launcher/slurm.yaml) without its
+    Hydra plugin, which Hydra would only report as a config it cannot find."""
+    if "launcher=slurm" not in args:
+        return None
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+        return None
+    except ImportError:
+        pass
+    return ("Config error (nothing was started):\n  launcher=slurm submits through hydra-submitit-launcher, which "
+            "is not installed: install the `slurm` extra with `uv sync --frozen --extra slurm` (then `make install` "
+            "keeps it).")
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

@@ -125,12 +125,15 @@ def check_training_command(argv: list[str]) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from novograd.engine.compose import added_keys, compose_run_config
-    from novograd.engine.config_checks import composition_error_message, config_errors, format_problems
+    from novograd.engine.config_checks import (
+        composition_error_message, config_errors, format_problems, missing_launcher_plugin)
 
     split = _training_args(argv)
     jobs = job_overrides(split[1]) if split else None
     if not jobs:
         return None
+    if problem := missing_launcher_plugin(split[1]):
+        return problem
     world_size = _world_size(split[0])
     for overrides in jobs:
         which = f"Job {' '.join(overrides)}: " if len(jobs) > 1 else ""
