@@ -78,6 +78,8 @@ bench-engine: ## Steps/s through the engine vs a bare PyTorch loop (ResNet smoke
 
 # torchrun through novograd/engine/launcher.py: a preempted run (SIGTERM or SIGUSR1 to the launcher) checkpoints
 # and exits 0, where torchrun alone exits 1 (SIGTERM) or dies leaving its workers behind (SIGUSR1); docs/preemption.md.
+# Before any worker starts it checks the config of every job (one message and exit 2 on a config error), and it moves
+# Hydra's flags before the overrides, so that ARGS="-m optimizer.lr=0.01,0.02" sweeps.
 define EXPERIMENT_RULE
 $(call target_name,$(1)): ## experiment=$(1)
 	$(UV) run --frozen python -m novograd.engine.launcher --nproc-per-node=$$(NPROC) --nnodes=$$(NNODES) $$(TORCHRUN_ARGS) -m novograd.train experiment=$(1) $$(ARGS)
