@@ -27,9 +27,11 @@ help: ## List every target
 	@echo "Paper rows (torchrun via novograd.engine.launcher --nproc-per-node=NPROC --nnodes=NNODES -m novograd.train experiment=<row>):"
 	@$(foreach e,$(EXPERIMENTS),printf "  %-28s experiment=%s\n" "$(call target_name,$(e))" "$(e)";)
 
-install: ## Install uv if missing, then the locked environment into .venv
+# --inexact: the locked packages at their locked versions, without removing what the user added to .venv (the slurm
+# extra from `uv sync --frozen --extra slurm`, apex): an exact sync would uninstall them on every `make test`.
+install: ## Install uv if missing, then the locked environment into .venv (keeping extras you installed)
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --inexact
 
 demo: install ## Install, then reproduce the deep linear network study (Section 4) on the CPU
 	$(MAKE) --no-print-directory dln
@@ -76,6 +78,8 @@ bench-engine: ## Steps/s through the engine vs a bare PyTorch loop (ResNet smoke
 
 # torchrun through novograd/engine/launcher.py: a preempted run (SIGTERM or SIGUSR1 to the launcher) checkpoints
 # and exits 0, where torchrun alone exits 1 (SIGTERM) or dies leaving its workers behind (SIGUSR1); docs/preemption.md.
+# Before any worker starts it checks the config of every job (one message and exit 2 on a config error), and it moves
+# Hydra's flags before the overrides, so that ARGS="-m optimizer.lr=0.01,0.02" sweeps.
 define EXPERIMENT_RULE
 $(call target_name,$(1)): ## experiment=$(1)
 	$(UV) run --frozen python -m novograd.engine.launcher --nproc-per-node=$$(NPROC) --nnodes=$$(NNODES) $$(TORCHRUN_ARGS) -m novograd.train experiment=$(1) $$(ARGS)

@@ -7,12 +7,16 @@ without it. Nothing heavy is imported before Hydra has composed the config, so `
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from novograd.engine.compose import settle_and_check
+from novograd.engine.config_checks import missing_launcher_plugin
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")  # the repository's configs/
 
@@ -26,6 +30,7 @@ OmegaConf.register_new_resolver("or_else", lambda value, default: default if val
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Any:
     """Train the configured experiment; returns the run's summary (final and best metrics)."""
+    settle_and_check(cfg)  # the optimizer swap, the debug warmup and every check that needs no model or data
     from novograd.engine import run
     from novograd.engine.output_dir import remove_empty_directories
     from novograd.engine.preemption import hand_on_signal, record_outcome
@@ -44,4 +49,7 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
+    if missing_plugin := missing_launcher_plugin(sys.argv[1:]):  # before Hydra, which cannot compose without it
+        print(missing_plugin, file=sys.stderr)
+        sys.exit(2)
     main()

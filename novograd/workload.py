@@ -43,6 +43,10 @@ class Workload(ABC):
     metric_goals: dict[str, Literal["max", "min"]] = {}
     #: The metric that decides the "best" checkpoint.
     primary_metric: str = ""
+    #: Whether `trainer.batch_size` is a count (examples, streams) cut into micro-batches of
+    #: `trainer.micro_batch_size` on every rank, so that it must be a whole multiple of micro-batch x ranks (checked
+    #: before any work, novograd/engine/config_checks.py); False for a budget such as WMT14's tokens per step.
+    batch_is_a_count: bool = True
     #: Convolutional models run faster in channels-last memory format on GPUs (the engine converts model and inputs).
     channels_last: bool = False
     #: The run's output directory on the main rank (None on the others), set by the engine: where a workload may

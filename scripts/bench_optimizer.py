@@ -14,7 +14,7 @@ the runs. Results go to results/bench/optimizer.json (optimizer_cuda.json with `
     python scripts/bench_optimizer.py [--models resnet50 transformer_big] [--runs 3] [--breakdown]
                                       [--device cpu|cuda] [--rounds 30] [--steps 2] [--threads N]
 
-Targets (DESIGN.md): the fastest NovoGrad path at most 1.25x fused SGD-momentum and at most 0.8x fused AdamW.
+Targets: the fastest NovoGrad path at most 1.25x fused SGD-momentum and at most 0.8x fused AdamW.
 """
 
 from __future__ import annotations

@@ -162,3 +162,83 @@ def test_cfg_job_prints_the_composed_config_without_training() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "lr: 0.02" in result.stdout and "batch_size: 8192" in result.stdout
+
+
+ALL_ROWS = sorted({**PAPER_ROWS, **JASPER_ROWS, **TXL_ROWS, **WMT_ROWS})
+
+
+@pytest.mark.parametrize("mode", ["smoke", "learn"])
+def test_every_row_passes_the_checks_in_each_debug_mode(mode: str) -> None:
+    """debug=smoke and debug=learn work on all 26 rows (a few of them also run for real: tests/test_train.py and
+    the workloads' tests); Table 3's 500 warmup steps are fitted into the debug run."""
+    from novograd.engine.config_checks import config_errors
+
+    assert len(ALL_ROWS) == 26
+    for row in ALL_ROWS:
+        cfg = compose_config([f"experiment={row}", f"debug={mode}"], output_dir="unused")
+        assert config_errors(cfg, world_size=1) == [], row
+    smoke = compose_config(["experiment=table3/novograd_b32k_warmup", "debug=smoke"], "unused")
+    assert (smoke.trainer.max_steps, smoke.scheduler.warmup_steps) == (4, 2)
+    chosen = compose_config(["experiment=table3/novograd_b32k_warmup", "debug=smoke", "scheduler.warmup_steps=1"],
+                            "unused")
+    assert chosen.scheduler.warmup_steps == 1  # the command line's warmup is kept
+
+
+# One row per workload, each with another optimizer than NovoGrad where the workload has one.
+SWAP_ROWS = ["table1/sgd_100ep", "table4/novograd", "table6/adam_12b", "table7/adamw"]
+
+
+@pytest.mark.parametrize("row", SWAP_ROWS)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "novograd"])
+def test_every_optimizer_on_every_workload_takes_its_own_defaults(row: str, optimizer: str) -> None:
+    """`optimizer=<name>` on a row of another optimizer: that optimizer's file, the row's LARC (Tables 4-5), and
+    nothing else of the row; the config passes the checks and builds the optimizer."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from novograd.engine.config_checks import config_errors
+    from novograd.optim.factory import build_optimizer
+    from novograd.optim.larc import LARC
+
+    for mode in ([], ["debug=smoke"]):
+        cfg = compose_config([f"experiment={row}", *mode, f"optimizer={optimizer}"], output_dir="unused")
+        row_cfg = compose_config([f"experiment={row}", *mode], output_dir="unused")
+        assert config_errors(cfg, world_size=1) == [], (row, mode)
+        built = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(3))])
+        assert isinstance(built, LARC) == row.startswith("table4")
+        if optimizer == row_cfg.optimizer.name:
+            assert cfg.optimizer == row_cfg.optimizer
+            continue
+        defaults = OmegaConf.load(CONFIG_DIR / "optimizer" / f"{optimizer}.yaml")
+        assert {**cfg.optimizer, "larc": defaults.larc} == {**defaults}  # nothing of the row's optimizer leaks
+        assert cfg.optimizer.larc == row_cfg.optimizer.larc
+
+
+def test_a_swapped_optimizer_says_what_it_kept_dropped_and_took_and_the_command_line_wins(caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="novograd.config"):
+        cfg = compose_config(["experiment=table4/novograd", "optimizer=adamw", "optimizer.weight_decay=0.01"], "unused")
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("adamw", 0.001, 0.01)
+    (note,) = [record.getMessage() for record in caplog.records if "optimizer=adamw" in record.getMessage()]
+    assert note == (
+        "optimizer=adamw on table4/novograd, whose optimizer is novograd: a variant of the row, not counted in it. "
+        "Kept from the row: larc.enabled=true, larc.eps=1e-07. "
+        "Dropped the row's novograd values: lr=0.02, betas=[0.95, 0.98]. "
+        "From adamw's defaults (configs/optimizer/adamw.yaml) instead: lr=0.001, betas=[0.9, 0.999]. "
+        "Given on the command line: weight_decay=0.01.")
+
+
+def test_a_run_with_a_swapped_optimizer_is_a_variant_of_its_row() -> None:
+    from omegaconf import OmegaConf
+
+    from novograd.report.matching import row_config, row_differences
+
+    swapped = OmegaConf.to_container(compose_config(["experiment=table6/novograd_12b", "optimizer=adam"], "x"),
+                                     resolve=True)
+    differences = [str(d) for d in row_differences(swapped, row_config("table6/novograd_12b"))]
+    assert "optimizer.name adam instead of novograd" in differences
+    assert "optimizer.lr 0.001 instead of 0.01" in differences
+    same = OmegaConf.to_container(compose_config(["experiment=table6/novograd_12b", "optimizer=novograd"], "x"),
+                                  resolve=True)
+    assert row_differences(same, row_config("table6/novograd_12b")) == []  # choosing the row's own optimizer

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from novograd.engine.compose import CONFIG_DIR
 
@@ -108,3 +109,88 @@ def test_sigusr1_to_the_launcher_and_its_workers_checkpoints_and_exits_0(tmp_pat
     assert_checkpointed(output, output_dir, "SIGUSR1")
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers outlived the launcher"
     assert not (tmp_path / "results").exists()
+
+
+# ----------------------------------------------------------------------------------- checks before any worker
+SMOKE_ROW = ["-m", "novograd.train", "experiment=table1/novograd_100ep", "debug=smoke", "logger=none"]
+
+
+def test_hydra_flags_after_the_overrides_move_before_them() -> None:
+    """`make <row> ARGS="-m ..."` puts `-m` after `experiment=<row>`, where Hydra's parser refuses it."""
+    from novograd.engine.launcher import hydra_flags_first
+
+    assert hydra_flags_first(["experiment=x", "-m", "optimizer.lr=0.01,0.02", "--cfg", "job"]) == [
+        "-m", "--cfg", "job", "experiment=x", "optimizer.lr=0.01,0.02"]
+    assert hydra_flags_first(["experiment=x", "seed=1"]) == ["experiment=x", "seed=1"]
+
+
+def test_every_job_of_a_sweep_is_checked_and_an_error_names_its_job() -> None:
+    from novograd.engine.launcher import check_training_command, job_overrides
+
+    assert job_overrides(["-m", "a=1,2", "b=x,y", "c=3"]) == [
+        ["a=1", "b=x", "c=3"], ["a=1", "b=y", "c=3"], ["a=2", "b=x", "c=3"], ["a=2", "b=y", "c=3"]]
+    assert job_overrides(["--cfg", "job", "a=1"]) is None  # printing the config trains nothing
+    assert check_training_command(["--nproc-per-node=2", *SMOKE_ROW, "-m", "optimizer.lr=0.01,0.02"]) is None
+    problem = check_training_command(["--nproc-per-node=1", *SMOKE_ROW, "-m", "optimizer.lr=0.01,-1"])
+    assert problem.startswith("Job experiment=table1/novograd_100ep debug=smoke logger=none optimizer.lr=-1: "
+                              "Config error (nothing was started):")
+    assert check_training_command(["-m", "some.other.module", "x=1"]) is None
+
+
+def test_the_world_size_torchrun_is_asked_for_is_checked() -> None:
+    from novograd.engine.launcher import check_training_command
+
+    problem = check_training_command(["--nproc-per-node=3", *SMOKE_ROW])
+    assert "x world size 3 = 12: run a number of processes that divides 8" in problem
+    assert check_training_command(["--nproc-per-node=2", "--nnodes=1:4", *SMOKE_ROW]) is None  # elastic: unknown
+
+
+def test_composition_errors_read_as_config_errors() -> None:
+    from novograd.engine.launcher import check_training_command
+
+    problem = check_training_command([*SMOKE_ROW, "trainer.batchsize=8"])
+    assert problem.startswith("Config error (nothing was started):")
+    assert "Could not override 'trainer.batchsize'" in problem and "+trainer.batchsize=8" in problem
+
+
+def test_launcher_slurm_without_its_extra_names_the_fix() -> None:
+    from novograd.engine.launcher import check_training_command
+
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+        pytest.skip("the slurm extra is installed here")
+    except ImportError:
+        pass
+    assert "uv sync --frozen --extra slurm" in check_training_command([*SMOKE_ROW, "launcher=slurm"])
+    direct = subprocess.run([sys.executable, "-m", "novograd.train", "-m", "launcher=slurm",
+                             "experiment=table2/novograd_b8k"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert direct.returncode == 2 and "uv sync --frozen --extra slurm" in direct.stderr, direct.stderr[-2000:]
+
+
+def test_make_row_with_a_config_error_prints_it_once_and_starts_no_worker(tmp_path: Path) -> None:
+    command = ["make", "-s", "--no-print-directory", "table1-novograd-100ep", "NPROC=2",
+               f"ARGS=debug=smoke logger=none optimizer.lr=-1 trainer.output_dir={tmp_path / 'run'}"]
+    env = environment(tmp_path)
+    result = subprocess.run([*command, f"UV={env['UV']}"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]  # make's own status for a failed recipe
+    assert output.count("optimizer.lr must be a positive number, got -1") == 1, output
+    assert "Traceback" not in output and "ChildFailedError" not in output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_through_make_runs_each_job(tmp_path: Path) -> None:
+    """`make <row> ARGS="-m key=a,b"`: one run per value, in Hydra's sweep directory."""
+    sweep = tmp_path / "sweep"
+    command = ["make", "-s", "--no-print-directory", "table1-novograd-100ep", "NPROC=1",
+               f"ARGS=-m debug=regression logger=none optimizer.lr=0.01,0.02 hydra.sweep.dir={sweep}"]
+    env = environment(tmp_path)
+    result = subprocess.run([*command, f"UV={env['UV']}"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summaries = sorted(sweep.glob("*/summary.json"))
+    assert len(summaries) == 2, sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
+    lrs = sorted(OmegaConf.load(path.with_name("config.yaml")).optimizer.lr for path in summaries)
+    assert lrs == [0.01, 0.02]

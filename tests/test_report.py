@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 from report_runs import jasper_records, run_config, write_run
 
 from novograd.report.sources import local_runs
-from novograd.report.tables import PAPER_TABLES, Stat, main, metric_stat
+from novograd.report.rows import Stat, metric_stat
+from novograd.report.tables import PAPER_TABLES, main
 
 ROW = "table1/novograd_100ep"
 
@@ -103,18 +104,74 @@ def test_a_missing_runs_directory_gives_tables_of_paper_values_only(tmp_path, ca
     report(tmp_path, tmp_path / "none")
     assert "| 28.80 | - | 29.35 | - | 0 |" in (tmp_path / "tables" / "table7.md").read_text()
     out = capsys.readouterr().out
-    assert "No finished runs in" in out and "the tables hold the paper's values only" in out
+    assert f"No finished runs of paper rows in {tmp_path / 'none'}: the tables hold the paper's values only.\n" in out
+    assert "Set aside" not in out
     assert "Figure 3: no runs yet for table5/novograd_b512, table5/novograd_b4k" in out
     assert "Figure 4: no runs yet for table6/adam_12b, table6/novograd_12b;" in out
     assert not (tmp_path / "figures").exists()
 
 
-def test_the_committed_tables_are_what_make_tables_writes_without_runs(tmp_path):
-    """results/tables/*.md on a fresh clone: regenerated identically, so the committed files are not stale."""
-    report(tmp_path, tmp_path / "none")
-    committed = PAPER_TABLES.parents[1] / "tables"
-    for path in sorted((tmp_path / "tables").iterdir()):
-        assert path.read_text() == (committed / path.name).read_text(), path.name
+def test_the_report_says_how_many_runs_it_set_aside_and_why(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for index in range(3):
+        write_run(runs, f"debug{index}", {**run_config(ROW, "debug=smoke"), "experiment_name": None}, {"top1": 5.0})
+    write_run(runs, "stopped", run_config(ROW), {"top1": 1.0, "preempted": True})
+    unfinished = write_run(runs, "running", run_config(ROW), {})
+    (unfinished / "summary.json").unlink()
+    (unfinished / "wandb" / "offline-run-x" / "files").mkdir(parents=True)  # W&B's copy is no run of its own
+    (unfinished / "wandb" / "offline-run-x" / "files" / "config.yaml").write_text("lr: 1\n")
+    report(tmp_path, runs)
+    out = capsys.readouterr().out
+    assert (f"No finished runs of paper rows in {runs}: the tables hold the paper's values only.\n"
+            "Set aside: 3 debug runs (debug=..., which reproduce no row); "
+            "1 preempted (stopped before the end: re-run the same command to resume); "
+            "1 unfinished (no final metrics: still running, failed or killed).\n") in out
+
+    write_run(runs, "paper", run_config(ROW), {"top1": 76.0, "top5": 93.0})
+    write_run(runs, "lr", run_config(ROW, "optimizer.lr=0.01"), {"top1": 70.0, "top5": 90.0})
+    write_run(runs, "swapped", run_config(ROW, "optimizer=adamw"), {"top1": 71.0, "top5": 90.0})
+    report(tmp_path, runs)
+    out = capsys.readouterr().out
+    assert (f"3 finished runs of paper rows in {runs}: 1 reproduce their row, 2 are variants (listed under their "
+            "table, never in a row's mean).\nSet aside: 3 debug runs") in out
+    variants = [line for line in table_lines(tmp_path, "table1") if line.startswith(f"| `{ROW}` |")]
+    assert any("optimizer.name adamw instead of novograd" in line for line in variants)
+
+
+def test_the_report_writes_only_where_git_ignores():
+    """`make tables` never dirties a checkout: its default outputs are git-ignored and nothing there is tracked."""
+    import shutil
+    import subprocess
+
+    repo = PAPER_TABLES.parents[2]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = ["results/tables/table1.md", "results/figures/figure3.png"]
+    ignored = subprocess.run(["git", "check-ignore", *outputs], cwd=repo, capture_output=True, text=True)
+    assert ignored.stdout.split() == outputs
+    tracked = subprocess.run(["git", "ls-files", "results/tables", "results/figures"], cwd=repo,
+                             capture_output=True, text=True, check=True)
+    assert tracked.stdout == ""
+    assert subprocess.run(["git", "check-ignore", "-q", "results/paper/tables.yaml"], cwd=repo).returncode == 1
+
+
+def test_no_report_module_imports_one_that_imports_it():
+    """The report's modules form layers (sources, matching -> rows -> figures, to_wandb -> tables): no circle."""
+    import ast
+
+    package = PAPER_TABLES.parents[2] / "novograd" / "report"
+    imports = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {node.module.rsplit(".", 1)[1] for node in ast.walk(tree)
+                              if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("novograd.report.")}
+
+    def reaches(start, target, seen=()):
+        return any(name == target or (name not in seen and reaches(name, target, (*seen, name)))
+                   for name in imports.get(start, ()))
+
+    assert imports["tables"] >= {"rows", "figures", "to_wandb", "sources"}  # the check sees the imports
+    assert [module for module in imports if reaches(module, module)] == []
 
 
 def test_the_spread_is_the_sample_standard_deviation():

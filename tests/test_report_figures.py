@@ -7,7 +7,8 @@ from report_runs import jasper_records, lm_records, run_config, write_run
 
 from novograd.report.figures import draw_figure
 from novograd.report.sources import local_runs
-from novograd.report.tables import load_paper_tables, main, sort_runs
+from novograd.report.rows import sort_runs
+from novograd.report.tables import load_paper_tables, main
 
 TABLES = load_paper_tables()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

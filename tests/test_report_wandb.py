@@ -15,7 +15,8 @@ import novograd.report.tables as tables_module
 from novograd.engine.logger import RunLogger
 from novograd.report.figures import draw_figure
 from novograd.report.sources import local_runs, wandb_runs
-from novograd.report.tables import load_paper_tables, main, paper_experiments, sort_runs
+from novograd.report.rows import sort_runs
+from novograd.report.tables import load_paper_tables, main, paper_experiments
 from novograd.report.to_wandb import COMPARISON_RUN_ID, table_columns
 
 TABLES = load_paper_tables()

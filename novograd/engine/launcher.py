@@ -12,6 +12,13 @@ and leaves the workers running without it. This launcher is torchrun (same optio
   with its checkpoint written: local rank 0 records that in a file named by `NOVOGRAD_RUN_OUTCOME_FILE`), and
   128 + the signal's number, as a killed process, when they did not.
 Any other failure ends as torchrun's does. Options given on the command line or in the environment win.
+
+Before torchrun starts any worker, a `-m novograd.train` command is checked (`check_training_command`): every job
+of it (each combination of a `-m` sweep) is composed with Hydra's compose API, settled as the workers will settle
+it, and checked (novograd/engine/config_checks.py) for the world size torchrun is asked for. A config error is
+printed once, without a traceback, and the launcher exits 2: seconds, instead of every rank failing after
+building its model and datasets. Hydra's flags after the overrides (`make <row> ARGS="-m optimizer.lr=0.01,0.02"`
+puts `-m` after `experiment=<row>`, which Hydra's parser refuses) are moved before them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ import tempfile
 from pathlib import Path
 
 from novograd.engine.preemption import OUTCOME_FILE_ENV, PREEMPTION_SIGNALS
+
+TRAINING_MODULE = "novograd.train"
+# Hydra flags that print or inspect instead of training: a command with one of them is not checked.
+_INSPECTING_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
 
 log = logging.getLogger("novograd.launcher")
 
@@ -48,11 +59,107 @@ def exit_status(received: signal.Signals, outcome_file: Path) -> int:
     return 0
 
 
+def _training_args(argv: list[str]) -> tuple[list[str], list[str]] | None:
+    """`argv` split into torchrun's part (up to `-m novograd.train`) and the training script's arguments, or None
+    when `argv` runs something else."""
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if not (args.module and args.training_script == TRAINING_MODULE):
+        return None
+    script_args = list(args.training_script_args)
+    return argv[: len(argv) - len(script_args)], script_args
+
+
+def hydra_flags_first(script_args: list[str]) -> list[str]:
+    """The training script's arguments with Hydra's flags (`-m`, `--cfg job`, ...) before the overrides, where
+    Hydra's parser accepts them."""
+    from hydra._internal.utils import get_args_parser
+
+    overrides = get_args_parser().parse_intermixed_args(script_args).overrides
+    flags, ordered, position = [], [], 0
+    for token in script_args:
+        if position < len(overrides) and token == overrides[position]:
+            ordered.append(token)
+            position += 1
+        else:
+            flags.append(token)
+    return flags + ordered
+
+
+def _world_size(argv: list[str]) -> int | None:
+    """Processes the torchrun options ask for, or None when elastic (`--nnodes=1:4`) or otherwise unknown here."""
+    import torch
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    nproc, nnodes = str(args.nproc_per_node), str(args.nnodes)
+    low, _, high = nnodes.partition(":")  # torchrun's default is "1:1"
+    nnodes = low if high in ("", low) else "elastic"
+    if nproc in ("gpu", "auto", "cpu"):
+        gpus = torch.cuda.device_count()
+        nproc = str(gpus if nproc == "gpu" or (nproc == "auto" and gpus) else os.cpu_count())
+    return int(nproc) * int(nnodes) if nproc.isdigit() and nnodes.isdigit() else None
+
+
+def job_overrides(script_args: list[str]) -> list[list[str]] | None:
+    """The overrides of each job the training command runs (one, or every combination of a `-m` sweep), or None
+    when it only prints (`--cfg`, `--help`, `--info`)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = get_args_parser().parse_intermixed_args(script_args)
+    if any(getattr(args, flag) for flag in _INSPECTING_FLAGS):
+        return None
+    if not args.multirun:
+        return [list(args.overrides)]
+    parsed = OverridesParser.create().parse_overrides(list(args.overrides))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_training_command(argv: list[str]) -> str | None:
+    """The config error of the first job of `argv` that has one (its overrides named when it is a sweep's), or
+    None when every job can start."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from novograd.engine.compose import added_keys, compose_run_config
+    from novograd.engine.config_checks import (
+        composition_error_message, config_errors, format_problems, missing_launcher_plugin)
+
+    split = _training_args(argv)
+    jobs = job_overrides(split[1]) if split else None
+    if not jobs:
+        return None
+    if problem := missing_launcher_plugin(split[1]):
+        return problem
+    world_size = _world_size(split[0])
+    for overrides in jobs:
+        which = f"Job {' '.join(overrides)}: " if len(jobs) > 1 else ""
+        try:
+            cfg, _ = compose_run_config(overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            return which + composition_error_message(error)
+        problems = config_errors(cfg, world_size, added_keys(overrides))
+        if problems:
+            return which + format_problems(problems)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main as torchrun
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = _training_args(argv)
+    if split:
+        argv = split[0] + hydra_flags_first(split[1])
+    problem = check_training_command(argv)
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        return 2
     for name, value in DEFAULTS.items():
         os.environ.setdefault(name, value)
     with tempfile.TemporaryDirectory(prefix="novograd-launcher-") as scratch:

@@ -110,6 +110,10 @@ def _build_named(cfg: dict[str, Any], model_or_params: ParamsLike, exclude: bool
         raise ValueError(f"Unknown keys {sorted(unknown)} for optimizer {name!r}: valid keys are {sorted(valid)}")
     if cfg.get("lr") is None:
         raise ValueError(f"optimizer.lr is missing for optimizer {name!r}: set it in the config or on the command line")
+    if isinstance(cfg["lr"], bool) or not isinstance(cfg["lr"], (int, float)) or not cfg["lr"] > 0:
+        raise ValueError(f"optimizer.lr must be a positive number, got {cfg['lr']!r}: set optimizer.lr=<value > 0>")
+    if isinstance(cfg.get("weight_decay"), (int, float)) and cfg["weight_decay"] < 0:
+        raise ValueError(f"optimizer.weight_decay must be >= 0, got {cfg['weight_decay']}")
     kwargs = {key: cfg[key] for key in _CLASS_KEYS[name] if key in cfg}
     if "betas" in kwargs:
         kwargs["betas"] = _betas(kwargs["betas"])

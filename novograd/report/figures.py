@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from novograd.report.sources import Run
-    from novograd.report.tables import RowRuns
+    from novograd.report.rows import RowRuns
 
 TRANSFORMS = {None: lambda value: value, "exp": math.exp}
 CURVE_STYLES = ("-", "--", "-.")  # the paper's final values are dotted
@@ -79,7 +79,7 @@ def _draw_runs(ax: Axes, runs: list[Run], spec: dict[str, Any], label: str, colo
 
 
 def draw_figure(table: dict[str, Any], spec: dict[str, Any], rows: dict[str, RowRuns]) -> DrawnFigure:
-    """The figure `spec` of `table` from the runs sorted by row (`novograd.report.tables.sort_runs`)."""
+    """The figure `spec` of `table` from the runs sorted by row (`novograd.report.rows.sort_runs`)."""
     from matplotlib.figure import Figure  # no pyplot: no backend or global state is touched
 
     figure = Figure(figsize=(8, 5), layout="constrained")

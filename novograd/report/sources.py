@@ -10,12 +10,16 @@ paper's column names, and its logged history for the figures.
   the final metrics are the `final/<column>` summary keys `novograd.engine.logger.RunLogger` writes at the end of a
   run (a run without them has not finished), the history comes from `scan_history`.
 
-Preempted runs (stopped before the end, to be resumed) are left out by both.
+Both leave out, and count by reason into the `set_aside` counter they are given (`make tables` prints it), the
+runs that are no finished run of a row: debug runs (`debug=...`, which name no row), preempted runs (stopped
+before the end, to be resumed) and, locally, unfinished ones (a `config.yaml` without `summary.json`: running,
+failed or killed).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -29,6 +33,11 @@ from novograd.engine.run_config import CONFIG_FILE, SUMMARY_FILE
 
 # One point of a run's history: "step", "epoch" and the metric asked for.
 Record = dict[str, float]
+
+# Why a run is not tabulated: the keys of the `set_aside` counters.
+DEBUG = "debug runs (debug=..., which reproduce no row)"
+PREEMPTED = "preempted (stopped before the end: re-run the same command to resume)"
+UNFINISHED = "unfinished (no final metrics: still running, failed or killed)"
 
 
 @dataclass
@@ -60,17 +69,25 @@ def _jsonl_history(path: Path) -> Callable[[str], list[Record]]:
     return history
 
 
-def local_runs(runs_dir: Path) -> list[Run]:
-    """Every finished run under `runs_dir` that names the experiment it ran (none when the directory is absent)."""
-    runs = []
-    for summary_path in sorted(runs_dir.rglob(SUMMARY_FILE)) if runs_dir.is_dir() else []:
-        config_path = summary_path.with_name(CONFIG_FILE)
-        if not config_path.is_file():
+def local_runs(runs_dir: Path, set_aside: Counter[str] | None = None) -> list[Run]:
+    """Every finished run under `runs_dir` that names the experiment it ran (none when the directory is absent);
+    the others are counted by reason into `set_aside`."""
+    runs, set_aside = [], Counter() if set_aside is None else set_aside
+    for config_path in sorted(runs_dir.rglob(CONFIG_FILE)) if runs_dir.is_dir() else []:
+        if "wandb" in config_path.relative_to(runs_dir).parts:  # W&B's copy of the config, in its run folder
             continue
+        summary_path = config_path.with_name(SUMMARY_FILE)
         config = OmegaConf.to_container(OmegaConf.load(config_path))
-        summary = json.loads(summary_path.read_text())
         experiment = config.get("experiment_name")  # type: ignore[union-attr]
-        if experiment and not summary.get("preempted"):
+        if not summary_path.is_file():
+            set_aside[UNFINISHED] += 1
+            continue
+        summary = json.loads(summary_path.read_text())
+        if not experiment:
+            set_aside[DEBUG] += 1
+        elif summary.get("preempted"):
+            set_aside[PREEMPTED] += 1
+        else:
             runs.append(Run(experiment, config, summary,  # type: ignore[arg-type]
                             _jsonl_history(summary_path.with_name(METRICS_FILE))))
     return runs
@@ -124,15 +141,23 @@ def wandb_filters(experiments: Iterable[str]) -> dict[str, Any]:
     return {"$and": [{"group": {"$in": groups}}, {"config.experiment_name": {"$in": experiments}}]}
 
 
-def wandb_runs(api: WandbApi, entity: str | None, project: str, experiments: Iterable[str]) -> list[Run]:
+def wandb_runs(api: WandbApi, entity: str | None, project: str, experiments: Iterable[str],
+               set_aside: Counter[str] | None = None) -> list[Run]:
     """The finished, not preempted runs of `experiments` in the W&B project `entity/project` (`project` alone:
-    the key's default entity)."""
+    the key's default entity); the others the filter returns are counted by reason into `set_aside`. (Debug runs
+    name no experiment, so the filter never returns them.)"""
     path = f"{entity}/{project}" if entity else project
-    runs = []
+    runs, set_aside = [], Counter() if set_aside is None else set_aside
     for run in api.runs(path, filters=wandb_filters(experiments)):
         config = dict(run.config)
         summary = final_metrics(dict(run.summary_metrics))
         experiment = config.get("experiment_name")
-        if experiment and summary and not summary.get("preempted"):
+        if not experiment:
+            set_aside[DEBUG] += 1
+        elif not summary:
+            set_aside[UNFINISHED] += 1
+        elif summary.get("preempted"):
+            set_aside[PREEMPTED] += 1
+        else:
             runs.append(Run(experiment, config, summary, _wandb_history(run)))
     return runs

@@ -2,8 +2,9 @@
 
 Reads the paper's numbers from `results/paper/tables.yaml` and every finished run, from `results/runs/` (a run is
 a directory with `summary.json` and `config.yaml`; its `experiment_name` says which row it ran) or from a W&B
-project (`--from wandb`); preempted runs are left out. Writes one Markdown table per paper table to
-`results/tables/<table>.md`: the paper's value, and the mean, sample standard deviation and count of the runs that
+project (`--from wandb`); debug, preempted and unfinished runs are set aside, and the report says how many and
+why. Writes one Markdown table per paper table to `results/tables/<table>.md` (git-ignored, like
+`results/figures/`: the report is yours, and regenerating it never dirties a checkout): the paper's value, and the mean, sample standard deviation and count of the runs that
 reproduce the row, for each of the paper's columns. A run reproduces its row only when its config matches the
 row's own config on every key that defines the row (`novograd/report/matching.py`); the row's other runs are
 listed below the table as variants, grouped by what differs, and are never in the row's mean. Figures 3 and 4 are
@@ -14,55 +15,21 @@ every table and figure to one run of the W&B project (`novograd/report/to_wandb.
 from __future__ import annotations
 
 import argparse
-import statistics
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from novograd.report.matching import row_config, row_differences
+from novograd.report.figures import write_figures
+from novograd.report.rows import Line, RowRuns, sort_runs, table_lines
 from novograd.report.sources import Run, local_runs, wandb_api, wandb_runs
+from novograd.report.to_wandb import log_comparison
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_TABLES = REPO / "results" / "paper" / "tables.yaml"
 DEFAULT_PROJECT = "novograd"  # configs/logger/wandb.yaml
-
-
-@dataclass
-class RowRuns:
-    """The runs of one experiment: those that reproduce the row, and the variants by what differs."""
-
-    reproducing: list[Run]
-    variants: dict[tuple[str, ...], list[Run]]
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean, sample standard deviation (None for one run) and count of one metric over runs."""
-
-    mean: float
-    std: float | None
-    count: int
-
-    def __str__(self) -> str:
-        if self.std is None:
-            return f"{self.mean:.2f}"
-        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.count})"
-
-
-@dataclass
-class Line:
-    """One line of a report table: a paper row (no `differences`), or a group of runs of the row's experiment that
-    differ from it in the same way (a variant, no paper values)."""
-
-    label: str
-    experiment: str | None  # None: another paper's result, quoted by the paper
-    differences: tuple[str, ...]
-    paper: dict[str, float]
-    stats: dict[str, Stat | None]  # per metric; None when no run has it
-    runs: int
+NO_ROW = "of experiments that are no paper row (named below)"
 
 
 def load_paper_tables(path: Path = PAPER_TABLES) -> dict[str, Any]:
@@ -72,45 +39,6 @@ def load_paper_tables(path: Path = PAPER_TABLES) -> dict[str, Any]:
 def paper_experiments(tables: dict[str, Any]) -> set[str]:
     """Every experiment that is a paper row."""
     return {row["experiment"] for table in tables.values() for row in table["rows"] if "experiment" in row}
-
-
-def sort_runs(runs: list[Run]) -> dict[str, RowRuns]:
-    """The runs of each experiment that has a config, split into the row's reproductions and its variants."""
-    by_experiment: dict[str, RowRuns] = {}
-    for run in runs:
-        reference = row_config(run.experiment)
-        if reference is None:
-            continue
-        row = by_experiment.setdefault(run.experiment, RowRuns([], defaultdict(list)))
-        differences = tuple(str(d) for d in row_differences(run.config, reference))
-        if differences:
-            row.variants[differences].append(run)
-        else:
-            row.reproducing.append(run)
-    return by_experiment
-
-
-def metric_stat(runs: list[Run], metric: str) -> Stat | None:
-    """The metric's mean, spread and count over the runs whose summary has it."""
-    values = [float(run.summary[metric]) for run in runs if run.summary.get(metric) is not None]
-    if not values:
-        return None
-    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
-
-
-def table_lines(table: dict[str, Any], rows: dict[str, RowRuns]) -> list[Line]:
-    """The table's paper rows, each with the statistics of its reproducing runs, then its rows' variants."""
-    metrics = list(table["metrics"])
-    paper_lines, variant_lines = [], []
-    for row in table["rows"]:
-        experiment = row.get("experiment")
-        row_runs = rows.get(experiment) or RowRuns([], {})
-        stats = {metric: metric_stat(row_runs.reproducing, metric) for metric in metrics}
-        paper_lines.append(Line(row["label"], experiment, (), row["paper"], stats, len(row_runs.reproducing)))
-        for differences, runs in row_runs.variants.items():
-            stats = {metric: metric_stat(runs, metric) for metric in metrics}
-            variant_lines.append(Line(row["label"], experiment, differences, {}, stats, len(runs)))
-    return paper_lines + variant_lines
 
 
 def render_markdown(table: dict[str, Any], lines: list[Line]) -> str:
@@ -155,16 +83,33 @@ def write_tables(tables: dict[str, Any], rows: dict[str, RowRuns], out_dir: Path
     return lines
 
 
-def collect(source: str, runs_dir: Path, entity: str | None, project: str, tables: dict[str, Any]) -> list[Run]:
-    """The finished runs of the chosen source."""
+def collect(source: str, runs_dir: Path, entity: str | None, project: str, tables: dict[str, Any],
+            set_aside: Counter[str]) -> list[Run]:
+    """The finished runs of the chosen source; the others counted by reason into `set_aside`."""
     if source == "wandb":
-        return wandb_runs(wandb_api(), entity, project, paper_experiments(tables))
-    return local_runs(runs_dir)
+        return wandb_runs(wandb_api(), entity, project, paper_experiments(tables), set_aside)
+    return local_runs(runs_dir, set_aside)
+
+
+def census(where: str, runs: list[Run], rows: dict[str, RowRuns], set_aside: Counter[str]) -> str:
+    """What the tables hold of the runs found: how many reproduce a row, are variants, or were set aside and why."""
+    reproducing = sum(len(row.reproducing) for row in rows.values())
+    variants = sum(len(group) for row in rows.values() for group in row.variants.values())
+    no_row = len(runs) - reproducing - variants
+    if no_row:
+        set_aside = set_aside + Counter({NO_ROW: no_row})
+    if reproducing + variants:
+        found = (f"{reproducing + variants} finished runs of paper rows in {where}: {reproducing} reproduce their "
+                 f"row, {variants} are variants (listed under their table, never in a row's mean).")
+    else:
+        found = f"No finished runs of paper rows in {where}: the tables hold the paper's values only."
+    if not set_aside:
+        return found
+    reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(set_aside.items()))
+    return f"{found}\nSet aside: {reasons}."
 
 
 def main(argv: list[str] | None = None) -> None:
-    from novograd.report.figures import write_figures
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", choices=("local", "wandb"), default="local",
                         help="read the runs from --runs (default) or from the W&B project --entity/--project")
@@ -181,12 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     tables = load_paper_tables()
-    runs = collect(args.source, args.runs, args.entity, args.project, tables)
+    set_aside: Counter[str] = Counter()
+    runs = collect(args.source, args.runs, args.entity, args.project, tables, set_aside)
     where = f"W&B project {args.project}" if args.source == "wandb" else str(args.runs)
     rows = sort_runs(runs)
-    unknown = sorted({run.experiment for run in runs} - (paper_experiments(tables) & set(rows)))
-    if not runs:
-        print(f"No finished runs in {where}: the tables hold the paper's values only.")
+    rows = {experiment: row for experiment, row in rows.items() if experiment in paper_experiments(tables)}
+    print(census(where, runs, rows, set_aside))
+    unknown = sorted({run.experiment for run in runs} - set(rows))
     if unknown:
         print(f"Runs of experiments that are no paper row with a config, not tabulated: {', '.join(unknown)}")
     lines = write_tables(tables, rows, args.out)
@@ -194,8 +140,6 @@ def main(argv: list[str] | None = None) -> None:
         print(args.out / f"{name}.md")
     figures = write_figures(tables, rows, args.figures)
     if args.to == "wandb":
-        from novograd.report.to_wandb import log_comparison
-
         log_comparison(tables, lines, figures, args.dln, args.entity, args.project, args.out.parent)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from novograd.engine.logger import resolve_wandb_mode, wandb_sync_command
-from novograd.report.tables import Line
+from novograd.report.rows import Line
 
 COMPARISON_RUN_ID = "paper-comparison"
 

@@ -1,0 +1,91 @@
+"""The runs of each paper row and the lines of each paper table: what the Markdown tables (`tables.py`), the
+figures (`figures.py`) and the W&B comparison (`to_wandb.py`) are drawn from.
+
+`sort_runs` files each finished run under its row, as a reproduction or as a variant (`matching.py` decides);
+`table_lines` turns a paper table and those runs into its lines: the paper's rows with the statistics of their
+reproducing runs, then the variants.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from novograd.report.matching import row_config, row_differences
+from novograd.report.sources import Run
+
+
+@dataclass
+class RowRuns:
+    """The runs of one experiment: those that reproduce the row, and the variants by what differs."""
+
+    reproducing: list[Run]
+    variants: dict[tuple[str, ...], list[Run]]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (None for one run) and count of one metric over runs."""
+
+    mean: float
+    std: float | None
+    count: int
+
+    def __str__(self) -> str:
+        if self.std is None:
+            return f"{self.mean:.2f}"
+        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.count})"
+
+
+@dataclass
+class Line:
+    """One line of a report table: a paper row (no `differences`), or a group of runs of the row's experiment that
+    differ from it in the same way (a variant, no paper values)."""
+
+    label: str
+    experiment: str | None  # None: another paper's result, quoted by the paper
+    differences: tuple[str, ...]
+    paper: dict[str, float]
+    stats: dict[str, Stat | None]  # per metric; None when no run has it
+    runs: int
+
+
+def sort_runs(runs: list[Run]) -> dict[str, RowRuns]:
+    """The runs of each experiment that has a config, split into the row's reproductions and its variants."""
+    by_experiment: dict[str, RowRuns] = {}
+    for run in runs:
+        reference = row_config(run.experiment)
+        if reference is None:
+            continue
+        row = by_experiment.setdefault(run.experiment, RowRuns([], defaultdict(list)))
+        differences = tuple(str(d) for d in row_differences(run.config, reference))
+        if differences:
+            row.variants[differences].append(run)
+        else:
+            row.reproducing.append(run)
+    return by_experiment
+
+
+def metric_stat(runs: list[Run], metric: str) -> Stat | None:
+    """The metric's mean, spread and count over the runs whose summary has it."""
+    values = [float(run.summary[metric]) for run in runs if run.summary.get(metric) is not None]
+    if not values:
+        return None
+    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+def table_lines(table: dict[str, Any], rows: dict[str, RowRuns]) -> list[Line]:
+    """The table's paper rows, each with the statistics of its reproducing runs, then its rows' variants."""
+    metrics = list(table["metrics"])
+    paper_lines, variant_lines = [], []
+    for row in table["rows"]:
+        experiment = row.get("experiment")
+        row_runs = rows.get(experiment) or RowRuns([], {})
+        stats = {metric: metric_stat(row_runs.reproducing, metric) for metric in metrics}
+        paper_lines.append(Line(row["label"], experiment, (), row["paper"], stats, len(row_runs.reproducing)))
+        for differences, runs in row_runs.variants.items():
+            stats = {metric: metric_stat(runs, metric) for metric in metrics}
+            variant_lines.append(Line(row["label"], experiment, differences, {}, stats, len(runs)))
+    return paper_lines + variant_lines

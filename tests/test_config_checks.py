@@ -1,0 +1,91 @@
+"""Config errors are found before any work, each with what to change (novograd/engine/config_checks.py), and the
+entry point reports them once, without a traceback, even when the dataset is missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from novograd.engine.compose import CONFIG_DIR, added_keys, compose_config
+from novograd.engine.config_checks import ConfigError, check_config, config_errors
+
+SMOKE = ["experiment=table1/novograd_100ep", "debug=smoke", "logger=none"]
+
+
+def errors(*overrides: str, world_size: int | None = 1, base: tuple[str, ...] = tuple(SMOKE)) -> list[str]:
+    overrides = [*base, *overrides]
+    return config_errors(compose_config(overrides, "unused"), world_size, added_keys(overrides))
+
+
+def test_a_good_config_has_no_errors() -> None:  # the negative control of every case below
+    assert errors() == [] and errors(world_size=2) == [] and errors(world_size=None) == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lr=-0.1", "optimizer.lr must be a positive number, got -0.1"),
+    ("optimizer.lr=0", "optimizer.lr must be a positive number, got 0"),
+    ("optimizer.weight_decay=-1", "optimizer.weight_decay must be >= 0"),
+    ("+optimizer.momentum=0.9", "Unknown keys ['momentum'] for optimizer 'novograd'"),
+    ("optimizer.betas=[0.9]", "optimizer.betas must be a pair"),
+    ("trainer.micro_batch_size=3", "trainer.batch_size=8 (global, per optimizer step) is not a whole multiple of "
+                                   "trainer.micro_batch_size=3 x world size 1 = 3"),
+    ("trainer.batch_size=0", "trainer.batch_size must be a positive whole number, got 0"),
+    ("trainer.max_steps=0", "trainer.max_steps must be a positive whole number or null, got 0"),
+    ("scheduler.warmup_steps=4", "warmup of 4 steps leaves no step to decay over in total_steps=4: shorten the warmup "
+                                 "or train longer (trainer.max_steps=4)"),
+    ("scheduler.warmup_ratio=1.0", "scheduler.warmup_ratio must be in [0, 1), got 1.0"),
+    ("+scheduler.warmup=2", "Unknown scheduler keys ['warmup']: valid keys are"),
+    ("+trainer.batchsize=8", "+trainer.batchsize: no part of the suite reads it: did you mean trainer.batch_size?"),
+    ("+seeds=1", "+seeds: no part of the suite reads it: did you mean seed?"),
+    ("+model.widht=2", "+model.widht: models.resnet_v2.PreActResNet takes no argument 'widht': did you mean "
+                       "model.widths?"),
+    ("trainer.precision=fp8", "trainer.precision must be one of ['bf16', 'fp16', 'fp32'], got 'fp8'"),
+])
+def test_each_config_error_says_what_to_change(override: str, message: str) -> None:
+    (error,) = errors(override)
+    assert error.startswith(message), error
+
+
+def test_the_split_over_ranks_is_checked_for_the_world_size() -> None:
+    (message,) = errors(world_size=3)
+    assert "x world size 3 = 12: run a number of processes that divides 8" in message
+    assert errors(world_size=None) == []  # an elastic job: the number of ranks is not known before it starts
+
+
+def test_a_token_budget_splits_any_batch() -> None:
+    """WMT14's batch is a number of tokens per step (TokenBudgetPlan), not a count of micro-batches."""
+    wmt = ("experiment=table7/novograd", "debug=smoke", "logger=none")
+    assert errors("trainer.batch_size=2000", "trainer.micro_batch_size=1024", world_size=3, base=wmt) == []
+
+
+def test_every_error_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        cfg = compose_config([*SMOKE, "optimizer.lr=-1", "trainer.micro_batch_size=3"], "unused")
+        check_config(cfg, 1)
+    message = str(raised.value)
+    assert message.startswith("Config error (nothing was started):")
+    assert "optimizer.lr must be" in message and "trainer.micro_batch_size=3" in message
+
+
+def test_added_keys_that_something_reads_pass() -> None:
+    """`+key` is fine where the suite reads it: an argument of the model's class, an optimizer key the factory
+    takes, a config group added whole."""
+    assert errors("optimizer=sgd", "+optimizer.foreach=false") == []
+    assert added_keys(["+data=imagenet", "+trainer.x=1", "++trainer.y=2", "trainer.z=3"]) == ["trainer.x"]
+
+
+def test_the_entry_point_reports_a_config_error_once_without_a_traceback_even_without_the_dataset(tmp_path) -> None:
+    command = [sys.executable, "-m", "novograd.train", "experiment=table1/novograd_100ep", "logger=none",
+               "optimizer.lr=-1", "+trainer.batchsize=8", f"data.root={tmp_path / 'no-imagenet-here'}",
+               f"trainer.output_dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, cwd=CONFIG_DIR.parent, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("Config error (nothing was started)") == 1, result.stderr
+    assert "optimizer.lr must be a positive number" in result.stderr and "+trainer.batchsize" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "prepare_imagenet" not in result.stderr  # the dataset was never opened
+    assert not (tmp_path / "run").exists()
