@@ -1,12 +1,10 @@
 """LibriSpeech data: vocabulary, WER, the log-mel pipeline against formulas, the dataset and its errors, the
-synthetic twins and the prepare script (on tiny fake archives)."""
+synthetic twins (the prepare script on official-format archives: tests/test_librispeech_prepare.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 import random
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +21,6 @@ from data.librispeech import (
     LibriSpeechDataset,
     LogMelFeatures,
     UnreadableAudioError,
-    build_librispeech_datasets,
     collate,
     decode,
     encode,
@@ -32,7 +29,7 @@ from data.librispeech import (
 )
 from data.synthetic_librispeech import LEARNABLE_BINS, LEARNABLE_LETTERS, make_synthetic_librispeech, tone_frequencies
 from novograd.engine.compose import compose_config
-from script_modules import load_script
+from novograd.workloads.librispeech import LibriSpeechWorkload
 
 SR = 16000
 
@@ -201,7 +198,8 @@ def test_dataset_reads_the_manifests(smoke, features):
     assert [dataset.transcript(i) for i in range(6)] == [e["text"] for e in entries]
     assert dataset.token_lengths.tolist() == [len(e["text"]) for e in entries]
     for index in (0, 5):
-        frames, tokens = dataset[index]
+        frames, tokens, skipped = dataset[index]
+        assert skipped is False
         samples = soundfile.info(dataset.audio_path(index)).frames
         assert samples == round(entries[index]["duration"] * SR)
         assert frames.shape == (64, 1 + samples // 160) and frames.dtype == torch.float32
@@ -239,7 +237,8 @@ def test_collate_pads_time_to_a_multiple_of_16(smoke, features):
     assert batch["features"].shape == (4, 64, -(-max(frames) // 16) * 16)
     assert batch["feature_lengths"].tolist() == frames and batch["token_lengths"].tolist() == tokens
     assert batch["tokens"].shape == (4, max(tokens))
-    for row, (features_, tokens_) in enumerate(samples):
+    assert batch["skipped"].dtype == torch.bool and not batch["skipped"].any()
+    for row, (features_, tokens_, _) in enumerate(samples):
         assert torch.equal(batch["features"][row, :, : frames[row]], features_)
         assert not batch["features"][row, :, frames[row] :].any()
         assert torch.equal(batch["tokens"][row, : tokens[row]], tokens_)
@@ -281,8 +280,7 @@ def test_configs_build_the_datasets(tmp_path):
     assert (defaults.guard, defaults.dither, defaults.ddof) == (1e-20, 1e-5, 0)
 
     def build(data):
-        keys = ("root", "train_manifests", "eval_manifests", "features", "speed_perturb", "max_duration", "synthetic")
-        return build_librispeech_datasets(**{key: data[key] for key in keys})
+        return LibriSpeechWorkload(model={}, data=data).build_datasets()
 
     with pytest.raises(FileNotFoundError, match="make prepare-librispeech"):
         build(compose_config(["data=librispeech", f"data.root={tmp_path}"], output_dir="unused").data)
@@ -381,86 +379,3 @@ def test_learnable_twin_is_learned_by_a_tiny_ctc_model(tmp_path):
         loss.backward()
         optimizer.step()
     assert dev_wer() < 0.2
-
-
-# --- prepare script ----------------------------------------------------------------------------------------------
-
-def make_fake_archive(archives: Path, split: str, utterances: dict[str, tuple[float, str]]) -> None:
-    """An archive laid out like the official ones: LibriSpeech/<split>/<spk>/<chap>/ plus LibriSpeech/README.TXT."""
-    archives.mkdir(exist_ok=True)
-    rng = np.random.default_rng(len(utterances))
-    with tarfile.open(archives / f"{split}.tar.gz", "w:gz") as tar:
-        readme = b"fake LibriSpeech\n"
-        info = tarfile.TarInfo("LibriSpeech/README.TXT")
-        info.size = len(readme)
-        tar.addfile(info, io.BytesIO(readme))
-        chapters: dict[str, list[str]] = {}
-        for name, (seconds, text) in utterances.items():
-            speaker, chapter, _ = name.split("-")
-            buffer = io.BytesIO()
-            soundfile.write(buffer, 0.1 * rng.standard_normal(int(seconds * SR)), SR, subtype="PCM_16", format="FLAC")
-            info = tarfile.TarInfo(f"LibriSpeech/{split}/{speaker}/{chapter}/{name}.flac")
-            info.size = len(buffer.getvalue())  # libsndfile seeks back to finish the header: not tell()
-            buffer.seek(0)
-            tar.addfile(info, buffer)
-            chapters.setdefault(f"{speaker}/{chapter}/{speaker}-{chapter}", []).append(f"{name} {text}\n")
-        for stem, lines in chapters.items():
-            data = "".join(lines).encode()
-            info = tarfile.TarInfo(f"LibriSpeech/{split}/{stem}.trans.txt")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-FAKE = {
-    "dev-clean": {"84-121-0000": (0.5, "HE'S HERE"), "84-121-0001": (0.25, "NO"), "174-50-0000": (0.75, "A B C")},
-    "test-other": {"1-2-0000": (0.3, "IT'S OTHER")},
-}
-
-
-def test_prepare_extracts_and_writes_manifests(tmp_path, features):
-    for split, utterances in FAKE.items():
-        make_fake_archive(tmp_path / "archives", split, utterances)
-    (tmp_path / "archives" / "notes.txt").write_text("not an archive")
-    root = tmp_path / "librispeech"
-    load_script("prepare_librispeech").main(["--archives", str(tmp_path / "archives"), "--root", str(root)])
-    assert sorted(p.name for p in root.iterdir()) == ["LibriSpeech", "dev-clean.json", "test-other.json"]
-    assert (root / "LibriSpeech" / "README.TXT").is_file()
-    for split, utterances in FAKE.items():
-        entries = [json.loads(line) for line in (root / f"{split}.json").read_text().splitlines()]
-        by_name = {Path(e["audio_filepath"]).stem: e for e in entries}
-        assert set(by_name) == set(utterances)
-        for name, (seconds, text) in utterances.items():
-            speaker, chapter, _ = name.split("-")
-            assert by_name[name]["audio_filepath"] == f"LibriSpeech/{split}/{speaker}/{chapter}/{name}.flac"
-            assert by_name[name]["duration"] == pytest.approx(seconds) and by_name[name]["text"] == text.lower()
-    dataset = LibriSpeechDataset([root / "dev-clean.json"], features, train=False)
-    assert len(dataset) == 3 and dataset[0][0].shape[0] == 64
-
-
-def test_prepare_resumes_after_a_kill(tmp_path, capsys):
-    prepare = load_script("prepare_librispeech")
-    for split, utterances in FAKE.items():
-        make_fake_archive(tmp_path / "archives", split, utterances)
-    root = tmp_path / "librispeech"
-    args = ["--archives", str(tmp_path / "archives"), "--root", str(root)]
-    prepare.main(args)
-    done = (root / "test-other.json").stat().st_mtime_ns
-    # A run killed while extracting dev-clean: a half-written staging folder, no split folder, no manifest.
-    (root / "dev-clean.json").unlink()
-    (root / "LibriSpeech" / "dev-clean").rename(root / ".extract-dev-clean.tmp")
-    capsys.readouterr()
-    prepare.main(args)
-    assert "test-other.json exists, skipped" in capsys.readouterr().out
-    assert (root / "test-other.json").stat().st_mtime_ns == done
-    assert len((root / "dev-clean.json").read_text().splitlines()) == 3
-    assert not list(root.glob(".*"))  # no staging folder, no temporary manifest left
-
-
-def test_prepare_names_what_is_missing(tmp_path):
-    prepare = load_script("prepare_librispeech")
-    with pytest.raises(SystemExit, match="does not exist.*train-clean-100.tar.gz"):
-        prepare.main(["--archives", str(tmp_path / "nowhere"), "--root", str(tmp_path / "out")])
-    (tmp_path / "archives").mkdir()
-    (tmp_path / "archives" / "LibriSpeech.zip").write_text("wrong")
-    with pytest.raises(SystemExit, match=r"no LibriSpeech archive.*dev-other\.tar\.gz.*found: LibriSpeech\.zip"):
-        prepare.main(["--archives", str(tmp_path / "archives"), "--root", str(tmp_path / "out")])
