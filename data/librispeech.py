@@ -11,7 +11,8 @@ peak-normalise the waveform to [-1, 1]; speed perturbation (training); Gaussian 
 |STFT|^2 (n_fft 512, 20 ms symmetric Hann window, 10 ms hop, centred frames, reflect padding); slaney mel filter
 bank 0-8000 Hz, 64 bins; log(x + guard); per-utterance, per-bin mean/std normalisation over time. Time is padded
 to a multiple of 16 frames in `collate`. `LogMelFeatures` takes every choice where NeMo differs as an argument
-(configs/data/librispeech.yaml names both presets).
+(configs/data/librispeech.yaml names both presets; NeMo's zero STFT padding and its `samples // hop` frame count
+are `stft_pad_mode` and `exclude_last_frame`).
 
 Randomness (speed choice from python's `random`, dither from torch's generator) uses the global generators, which
 the engine seeds per sample from (seed, epoch, index) before `__getitem__`, so a sample is reproducible wherever
@@ -112,8 +113,9 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
         samples, file_rate = soundfile.read(path, dtype="float32", always_2d=False)
     except (RuntimeError, OSError) as error:  # soundfile's LibsndfileError is a RuntimeError
         raise UnreadableAudioError(
-            f"cannot decode audio file {path}: {error}. Re-extract its split (delete the split's folder and its "
-            f"manifest, then re-run `{PREPARE_COMMAND}`)."
+            f"cannot decode audio file {path}: {error}. Download its split's archive again, delete the split's "
+            f"manifest (<split>.json) and re-run `{PREPARE_COMMAND}`, which extracts the new archive; or set "
+            "data.skip_corrupt=true to skip unreadable files and count them."
         ) from error
     if file_rate != sample_rate or samples.ndim != 1:
         channels = 1 if samples.ndim == 1 else samples.shape[1]
@@ -140,7 +142,8 @@ class LogMelFeatures:
     """A waveform (1-D float tensor at `sample_rate`) to normalised log-mel features `(num_mels, frames)`.
 
     The steps and their order are the authors' [O] (see the module docstring); the defaults are theirs. Frames:
-    `1 + samples // hop` (centred frames). Picklable, so DataLoader workers can receive it.
+    `1 + samples // hop` (centred frames; `samples // hop` with `exclude_last_frame`). Picklable, so DataLoader
+    workers can receive it.
 
     Args:
         sample_rate: the only rate accepted (LibriSpeech: 16 kHz).
@@ -154,6 +157,10 @@ class LogMelFeatures:
         guard: added to the mel energies before the log, so silence stays finite.
         normalize: per-bin normalisation over time, `(x - mean) / (std + epsilon)` with `std` computed with
             `ddof` (0: np.std's biased estimate, 1: unbiased).
+        stft_pad_mode: how the signal is extended by n_fft / 2 at each end for the centred frames: "reflect"
+            (librosa's default, the authors' [O]) or "constant" (zeros, NeMo's [N]).
+        exclude_last_frame: keep `samples // hop` frames instead of `1 + samples // hop`, as NeMo counts its
+            valid frames (its last centred frame is neither normalised nor seen by the model [N]).
     """
 
     def __init__(
@@ -171,8 +178,13 @@ class LogMelFeatures:
         preemphasis: float = 0.97,
         guard: float = 1e-20,
         normalize: Mapping[str, float] | None = None,
+        stft_pad_mode: str = "reflect",
+        exclude_last_frame: bool = False,
     ) -> None:
         import torchaudio.transforms
+
+        if stft_pad_mode not in ("reflect", "constant"):
+            raise ValueError(f"data.features.stft_pad_mode must be reflect or constant, got {stft_pad_mode!r}")
 
         normalize = dict(normalize) if normalize is not None else {"ddof": 0, "epsilon": 0.0}
         if set(normalize) != {"ddof", "epsilon"} or normalize["ddof"] not in (0, 1) or normalize["epsilon"] < 0:
@@ -193,6 +205,7 @@ class LogMelFeatures:
         self.guard = guard
         self.ddof = int(normalize["ddof"])
         self.epsilon = float(normalize["epsilon"])
+        self.exclude_last_frame = exclude_last_frame
         self.power_spectrogram = torchaudio.transforms.Spectrogram(
             n_fft=n_fft,
             win_length=win_length,
@@ -201,7 +214,7 @@ class LogMelFeatures:
             wkwargs={"periodic": False},
             power=2.0,
             center=True,
-            pad_mode="reflect",
+            pad_mode=stft_pad_mode,
         )
         self.mel_scale = torchaudio.transforms.MelScale(
             n_mels=num_mels,
@@ -228,7 +241,10 @@ class LogMelFeatures:
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """Pre-emphasis, power spectrogram, mel filter bank, log: `(num_mels, frames)` before normalisation."""
         emphasized = torch.cat([waveform[:1], waveform[1:] - self.preemphasis * waveform[:-1]])
-        return torch.log(self.mel_scale(self.power_spectrogram(emphasized)) + self.guard)
+        power = self.power_spectrogram(emphasized)
+        if self.exclude_last_frame:
+            power = power[:, : waveform.shape[0] // self.hop_length]
+        return torch.log(self.mel_scale(power) + self.guard)
 
     def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
         """Each bin to mean 0 and unit std over time. With ddof 0 and epsilon 0 (the authors'), a bin that is

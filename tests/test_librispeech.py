@@ -123,14 +123,16 @@ def reference_slaney_filterbank(sample_rate=SR, n_fft=512, n_mels=64) -> np.ndar
     return weights
 
 
-def reference_features(signal: np.ndarray, guard=1e-20, ddof=0, epsilon=0.0) -> np.ndarray:
-    """The authors' pipeline in float64 numpy, frame by frame (no dither): the slow obvious version."""
-    x = signal / np.abs(signal).max()
+def reference_features(signal: np.ndarray, guard=1e-20, ddof=0, epsilon=0.0, peak_normalize=True,
+                       stft_pad_mode="reflect", exclude_last_frame=False) -> np.ndarray:
+    """The pipeline in float64 numpy, frame by frame (no dither): the slow obvious version. NeMo's choices: zeros
+    instead of a mirror around the signal, and `samples // 160` frames (the last centred one left out)."""
+    x = signal / np.abs(signal).max() if peak_normalize else signal
     x = np.append(x[0], x[1:] - 0.97 * x[:-1])
-    padded = np.pad(x, 256, mode="reflect")
+    padded = np.pad(x, 256, mode=stft_pad_mode)
     window = np.zeros(512)
     window[96 : 96 + 320] = np.hanning(320)  # the 320-sample window centred in the 512-point frame
-    frames = 1 + (padded.size - 512) // 160
+    frames = signal.size // 160 if exclude_last_frame else 1 + (padded.size - 512) // 160
     power = np.stack([np.abs(np.fft.rfft(window * padded[160 * t : 160 * t + 512])) ** 2 for t in range(frames)], 1)
     log_mel = np.log(reference_slaney_filterbank() @ power + guard)
     return (log_mel - log_mel.mean(1, keepdims=True)) / (log_mel.std(1, ddof=ddof, keepdims=True) + epsilon)
@@ -142,15 +144,39 @@ def test_filterbank_and_window_match_the_formulas(features):
     np.testing.assert_allclose(features.power_spectrogram.window.numpy(), np.hanning(320), atol=1e-7)
 
 
-@pytest.mark.parametrize("preset", [dict(), dict(guard=2.0**-24, normalize=dict(ddof=1, epsilon=1e-5))])
+NEMO = dict(peak_normalize=False, guard=2.0**-24, normalize=dict(ddof=1, epsilon=1e-5), stft_pad_mode="constant",
+            exclude_last_frame=True)
+
+
+@pytest.mark.parametrize("preset", [dict(), dict(guard=2.0**-24, normalize=dict(ddof=1, epsilon=1e-5)), NEMO],
+                         ids=["authors", "nemo-normalisation", "nemo"])
 def test_features_match_the_numpy_reference(preset):
     rng = np.random.default_rng(0)
     t = np.arange(int(0.83 * SR)) / SR
     signal = 0.3 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.standard_normal(t.size)
     ours = LogMelFeatures(dither=0.0, **preset)(torch.from_numpy(signal.astype(np.float32)), train=True)
-    reference = reference_features(signal, preset.get("guard", 1e-20), **preset.get("normalize", {}))
-    assert ours.shape == (64, 1 + t.size // 160) and ours.dtype == torch.float32
+    options = {key: value for key, value in preset.items() if key != "normalize"}
+    reference = reference_features(signal, **options, **preset.get("normalize", {}))
+    frames = t.size // 160 if preset.get("exclude_last_frame") else 1 + t.size // 160
+    assert ours.shape == (64, frames) and ours.dtype == torch.float32
     np.testing.assert_allclose(ours.numpy(), reference, atol=2e-3)
+
+
+def test_nemo_padding_and_frame_count_change_the_edges_only():
+    """Zeros instead of a mirror change the first and last frames (the only ones whose 20 ms window reaches past the
+    signal);
+    leaving the last frame out changes the per-bin statistics, hence every frame a little."""
+    signal = torch.from_numpy(np.random.default_rng(1).standard_normal(8000).astype(np.float32))
+    reflect = LogMelFeatures(dither=0.0).log_mel(signal)
+    zeros = LogMelFeatures(dither=0.0, stft_pad_mode="constant").log_mel(signal)
+    changed = (reflect - zeros).abs().amax(dim=0) > 1e-4
+    assert changed[0] and changed[-1] and not changed[1:-1].any()
+    full = LogMelFeatures(dither=0.0)(signal, train=False)
+    short = LogMelFeatures(dither=0.0, exclude_last_frame=True)(signal, train=False)
+    assert (full.shape[1], short.shape[1]) == (51, 50)
+    assert 0 < (full[:, :50] - short).abs().max() < 0.5
+    with pytest.raises(ValueError, match="stft_pad_mode"):
+        LogMelFeatures(stft_pad_mode="edge")
 
 
 @pytest.mark.parametrize("mel_bin", [4, 13, 30, 50])
