@@ -269,7 +269,8 @@ def write_manifest(
     removed. `on_utterance(flac_bytes)` is called after each utterance (progress reports).
 
     Checked, each a `BadTranscriptError` or `UnreadableAudioError` naming the file and line: transcripts are UTF-8,
-    not empty, and within the vocabulary (after lower-casing); every listed FLAC has a readable header.
+    not empty, and within the vocabulary (after lower-casing); every listed FLAC has a readable header saying
+    mono 16 kHz.
     """
     split_dir, manifest = Path(split_dir), Path(manifest)
     transcript_files = sorted(split_dir.glob("*/*/*.trans.txt"))
@@ -283,11 +284,17 @@ def write_manifest(
                 for number, utterance, text in _transcript_lines(transcript_file):
                     audio = transcript_file.parent / f"{utterance}.flac"
                     try:
-                        duration = soundfile.info(str(audio)).duration
+                        info = soundfile.info(str(audio))
                     except (RuntimeError, OSError) as error:
                         raise UnreadableAudioError(
                             f"cannot read the header of {audio} (listed in {transcript_file}:{number}): {error}"
                         ) from error
+                    if info.samplerate != SAMPLE_RATE or info.channels != 1:
+                        raise UnreadableAudioError(
+                            f"{audio} (listed in {transcript_file}:{number}) is {info.channels}-channel audio at "
+                            f"{info.samplerate} Hz; LibriSpeech is mono {SAMPLE_RATE} Hz"
+                        )
+                    duration = info.duration
                     entry = {"audio_filepath": os.path.relpath(audio, manifest.parent), "duration": duration,
                              "text": text}
                     out.write(json.dumps(entry) + "\n")

@@ -137,6 +137,13 @@ def test_a_bad_transcript_line_is_named_and_a_fixed_archive_prepares(tmp_path, p
     assert len((root / "dev-clean.json").read_text().splitlines()) == 4
 
 
+def test_audio_at_another_rate_is_named_before_training(tmp_path, prepare):
+    archives, root = tmp_path / "archives", tmp_path / "librispeech"
+    write_archive(archives, "dev-clean", sample_rates={"84-122-0000": 8000})
+    fails_naming(prepare, archives, root, "84-122-0000.flac", "84-122.trans.txt:1", "at 8000 Hz")
+    assert not (root / "dev-clean.json").exists() and not hidden_files(root)
+
+
 def test_a_truncated_archive_is_named_and_leaves_nothing(tmp_path, prepare):
     archives, root = tmp_path / "archives", tmp_path / "librispeech"
     size = write_archive(archives, "dev-clean").stat().st_size

@@ -26,10 +26,10 @@ UTTERANCES = {
 }
 
 
-def flac_bytes(seconds: float, rng: np.random.Generator) -> bytes:
-    """`seconds` of quiet noise as 16 kHz mono PCM-16 FLAC bytes."""
+def flac_bytes(seconds: float, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """`seconds` of quiet noise as mono PCM-16 FLAC bytes (16 kHz, as LibriSpeech, unless told otherwise)."""
     buffer = io.BytesIO()
-    soundfile.write(buffer, 0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE)), SAMPLE_RATE, subtype="PCM_16",
+    soundfile.write(buffer, 0.1 * rng.standard_normal(int(seconds * sample_rate)), sample_rate, subtype="PCM_16",
                     format="FLAC")
     return buffer.getvalue()
 
@@ -42,6 +42,7 @@ def write_archive(
     garbage_header: Collection[str] = (),
     transcript_bytes: Mapping[str, bytes] | None = None,
     truncate_to: int | None = None,
+    sample_rates: Mapping[str, int] | None = None,
 ) -> Path:
     """Write `archives/<split>.tar.gz` in the official layout and return its path.
 
@@ -53,6 +54,7 @@ def write_archive(
         transcript_bytes: `<speaker>-<chapter>` -> the raw bytes of that chapter's `.trans.txt`, replacing the
             lines made from `utterances` (e.g. a non-UTF-8 byte, an empty transcript).
         truncate_to: cut the finished `.tar.gz` to this many bytes (a broken download).
+        sample_rates: utterance id -> a sample rate other than LibriSpeech's 16 kHz for its FLAC.
     """
     archives.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -62,7 +64,8 @@ def write_archive(
         _add(tar, "LibriSpeech/README.TXT", b"LibriSpeech ASR corpus (a tiny test copy)\n")
         for name, (seconds, text) in utterances.items():
             speaker, chapter, _ = name.split("-")
-            audio = b"\x00garbage, no FLAC header" * 40 if name in garbage_header else flac_bytes(seconds, rng)
+            rate = (sample_rates or {}).get(name, SAMPLE_RATE)
+            audio = b"\x00garbage, no FLAC header" * 40 if name in garbage_header else flac_bytes(seconds, rng, rate)
             _add(tar, f"LibriSpeech/{split}/{speaker}/{chapter}/{name}.flac", audio)
             chapters.setdefault(f"{speaker}-{chapter}", []).append(f"{name} {text}\n")
         for stem, lines in chapters.items():
