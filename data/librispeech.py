@@ -11,7 +11,8 @@ peak-normalise the waveform to [-1, 1]; speed perturbation (training); Gaussian 
 |STFT|^2 (n_fft 512, 20 ms symmetric Hann window, 10 ms hop, centred frames, reflect padding); slaney mel filter
 bank 0-8000 Hz, 64 bins; log(x + guard); per-utterance, per-bin mean/std normalisation over time. Time is padded
 to a multiple of 16 frames in `collate`. `LogMelFeatures` takes every choice where NeMo differs as an argument
-(configs/data/librispeech.yaml names both presets).
+(configs/data/librispeech.yaml names both presets; NeMo's zero STFT padding and its `samples // hop` frame count
+are `stft_pad_mode` and `exclude_last_frame`).
 
 Randomness (speed choice from python's `random`, dither from torch's generator) uses the global generators, which
 the engine seeds per sample from (seed, epoch, index) before `__getitem__`, so a sample is reproducible wherever
@@ -24,7 +25,8 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +113,9 @@ def read_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
         samples, file_rate = soundfile.read(path, dtype="float32", always_2d=False)
     except (RuntimeError, OSError) as error:  # soundfile's LibsndfileError is a RuntimeError
         raise UnreadableAudioError(
-            f"cannot decode audio file {path}: {error}. Re-extract its split (delete the split's folder and its "
-            f"manifest, then re-run `{PREPARE_COMMAND}`)."
+            f"cannot decode audio file {path}: {error}. Download its split's archive again, delete the split's "
+            f"manifest (<split>.json) and re-run `{PREPARE_COMMAND}`, which extracts the new archive; or set "
+            "data.skip_corrupt=true to skip unreadable files and count them."
         ) from error
     if file_rate != sample_rate or samples.ndim != 1:
         channels = 1 if samples.ndim == 1 else samples.shape[1]
@@ -139,7 +142,8 @@ class LogMelFeatures:
     """A waveform (1-D float tensor at `sample_rate`) to normalised log-mel features `(num_mels, frames)`.
 
     The steps and their order are the authors' [O] (see the module docstring); the defaults are theirs. Frames:
-    `1 + samples // hop` (centred frames). Picklable, so DataLoader workers can receive it.
+    `1 + samples // hop` (centred frames; `samples // hop` with `exclude_last_frame`). Picklable, so DataLoader
+    workers can receive it.
 
     Args:
         sample_rate: the only rate accepted (LibriSpeech: 16 kHz).
@@ -153,6 +157,10 @@ class LogMelFeatures:
         guard: added to the mel energies before the log, so silence stays finite.
         normalize: per-bin normalisation over time, `(x - mean) / (std + epsilon)` with `std` computed with
             `ddof` (0: np.std's biased estimate, 1: unbiased).
+        stft_pad_mode: how the signal is extended by n_fft / 2 at each end for the centred frames: "reflect"
+            (librosa's default, the authors' [O]) or "constant" (zeros, NeMo's [N]).
+        exclude_last_frame: keep `samples // hop` frames instead of `1 + samples // hop`, as NeMo counts its
+            valid frames (its last centred frame is neither normalised nor seen by the model [N]).
     """
 
     def __init__(
@@ -170,8 +178,13 @@ class LogMelFeatures:
         preemphasis: float = 0.97,
         guard: float = 1e-20,
         normalize: Mapping[str, float] | None = None,
+        stft_pad_mode: str = "reflect",
+        exclude_last_frame: bool = False,
     ) -> None:
         import torchaudio.transforms
+
+        if stft_pad_mode not in ("reflect", "constant"):
+            raise ValueError(f"data.features.stft_pad_mode must be reflect or constant, got {stft_pad_mode!r}")
 
         normalize = dict(normalize) if normalize is not None else {"ddof": 0, "epsilon": 0.0}
         if set(normalize) != {"ddof", "epsilon"} or normalize["ddof"] not in (0, 1) or normalize["epsilon"] < 0:
@@ -192,6 +205,7 @@ class LogMelFeatures:
         self.guard = guard
         self.ddof = int(normalize["ddof"])
         self.epsilon = float(normalize["epsilon"])
+        self.exclude_last_frame = exclude_last_frame
         self.power_spectrogram = torchaudio.transforms.Spectrogram(
             n_fft=n_fft,
             win_length=win_length,
@@ -200,7 +214,7 @@ class LogMelFeatures:
             wkwargs={"periodic": False},
             power=2.0,
             center=True,
-            pad_mode="reflect",
+            pad_mode=stft_pad_mode,
         )
         self.mel_scale = torchaudio.transforms.MelScale(
             n_mels=num_mels,
@@ -227,7 +241,10 @@ class LogMelFeatures:
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """Pre-emphasis, power spectrogram, mel filter bank, log: `(num_mels, frames)` before normalisation."""
         emphasized = torch.cat([waveform[:1], waveform[1:] - self.preemphasis * waveform[:-1]])
-        return torch.log(self.mel_scale(self.power_spectrogram(emphasized)) + self.guard)
+        power = self.power_spectrogram(emphasized)
+        if self.exclude_last_frame:
+            power = power[:, : waveform.shape[0] // self.hop_length]
+        return torch.log(self.mel_scale(power) + self.guard)
 
     def normalize(self, log_mel: torch.Tensor) -> torch.Tensor:
         """Each bin to mean 0 and unit std over time. With ddof 0 and epsilon 0 (the authors'), a bin that is
@@ -239,13 +256,21 @@ class LogMelFeatures:
 
 # --- manifests ---------------------------------------------------------------------------------------------------
 
-def write_manifest(split_dir: str | os.PathLike[str], manifest: str | os.PathLike[str]) -> int:
+def write_manifest(
+    split_dir: str | os.PathLike[str], manifest: str | os.PathLike[str],
+    on_utterance: Callable[[int], None] | None = None,
+) -> int:
     """Write the JSON-lines manifest of one extracted split (`<split>/<speaker>/<chapter>/*.trans.txt` and FLACs);
     return its number of utterances.
 
     Durations come from the FLAC headers (`soundfile.info`), not from decoding. Paths are written relative to the
     manifest's directory, so the prepared folder can move. The manifest appears only once complete (written to a
-    temporary name, then renamed), so its presence marks the split as done.
+    temporary name, then renamed), so its presence marks the split as done; on any error the temporary file is
+    removed. `on_utterance(flac_bytes)` is called after each utterance (progress reports).
+
+    Checked, each a `BadTranscriptError` or `UnreadableAudioError` naming the file and line: transcripts are UTF-8,
+    not empty, and within the vocabulary (after lower-casing); every listed FLAC has a readable header saying
+    mono 16 kHz.
     """
     split_dir, manifest = Path(split_dir), Path(manifest)
     transcript_files = sorted(split_dir.glob("*/*/*.trans.txt"))
@@ -253,35 +278,76 @@ def write_manifest(split_dir: str | os.PathLike[str], manifest: str | os.PathLik
         raise FileNotFoundError(f"{split_dir} holds no <speaker>/<chapter>/*.trans.txt: not an extracted split")
     temporary = manifest.with_name(f".{manifest.name}.tmp")
     count = 0
-    with open(temporary, "w", encoding="utf-8") as out:
-        for transcript_file in transcript_files:
-            for line in transcript_file.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                utterance, _, text = line.partition(" ")
-                audio = transcript_file.parent / f"{utterance}.flac"
-                try:
-                    duration = soundfile.info(str(audio)).duration
-                except (RuntimeError, OSError) as error:
-                    raise UnreadableAudioError(
-                        f"cannot read the header of {audio} (listed in {transcript_file}): {error}"
-                    ) from error
-                entry = {
-                    "audio_filepath": os.path.relpath(audio, manifest.parent),
-                    "duration": duration,
-                    "text": text.strip().lower(),
-                }
-                out.write(json.dumps(entry) + "\n")
-                count += 1
-    os.replace(temporary, manifest)
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            for transcript_file in transcript_files:
+                for number, utterance, text in _transcript_lines(transcript_file):
+                    audio = transcript_file.parent / f"{utterance}.flac"
+                    try:
+                        info = soundfile.info(str(audio))
+                    except (RuntimeError, OSError) as error:
+                        raise UnreadableAudioError(
+                            f"cannot read the header of {audio} (listed in {transcript_file}:{number}): {error}"
+                        ) from error
+                    if info.samplerate != SAMPLE_RATE or info.channels != 1:
+                        raise UnreadableAudioError(
+                            f"{audio} (listed in {transcript_file}:{number}) is {info.channels}-channel audio at "
+                            f"{info.samplerate} Hz; LibriSpeech is mono {SAMPLE_RATE} Hz"
+                        )
+                    duration = info.duration
+                    entry = {"audio_filepath": os.path.relpath(audio, manifest.parent), "duration": duration,
+                             "text": text}
+                    out.write(json.dumps(entry) + "\n")
+                    count += 1
+                    if on_utterance is not None:
+                        on_utterance(audio.stat().st_size)
+        os.replace(temporary, manifest)
+    finally:
+        temporary.unlink(missing_ok=True)
     return count
+
+
+class BadTranscriptError(ValueError):
+    """A transcript line that cannot be used (not UTF-8, empty, outside the vocabulary); the message names the file
+    and line."""
+
+
+def _transcript_lines(transcript_file: Path) -> Iterator[tuple[int, str, str]]:
+    """(line number, utterance id, lower-case transcript) of each non-blank line of a LibriSpeech `.trans.txt`.
+
+    An empty transcript is refused rather than indexed: no LibriSpeech utterance is silent, so it marks a damaged
+    file, and its reference would count every word the model says as an insertion (dev-clean WER 100.44 with one).
+    """
+    for number, raw in enumerate(transcript_file.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise BadTranscriptError(
+                f"{transcript_file}:{number}: not UTF-8 ({error.reason} at byte {error.start} of the line: "
+                f"{raw[max(0, error.start - 20) : error.start + 20]!r}). Fix the line or replace the split's archive, "
+                "then re-run."
+            ) from None
+        if not line.strip():
+            continue
+        utterance, _, text = line.strip().partition(" ")
+        text = text.strip().lower()
+        if not text:
+            raise BadTranscriptError(
+                f"{transcript_file}:{number}: utterance {utterance} has an empty transcript. Give it its text or "
+                "replace the split's archive, then re-run."
+            )
+        try:
+            _token_ids(text)
+        except ValueError as error:
+            raise BadTranscriptError(f"{transcript_file}:{number}: utterance {utterance}: {error}") from None
+        yield number, utterance, text
 
 
 def read_manifest(manifest: str | os.PathLike[str]) -> tuple[list[str], list[float], list[str]]:
     """(audio paths, durations in seconds, transcripts) of a manifest; relative paths resolved against its folder.
 
-    A missing manifest is a FileNotFoundError that says how to prepare LibriSpeech; a malformed line is a
-    ValueError naming the manifest and the line.
+    A missing manifest is a FileNotFoundError that says how to prepare LibriSpeech; a malformed line or an empty
+    transcript is a ValueError naming the manifest and the line.
     """
     manifest = Path(manifest)
     if not manifest.is_file():
@@ -291,17 +357,22 @@ def read_manifest(manifest: str | os.PathLike[str]) -> tuple[list[str], list[flo
             "variable) at it."
         )
     paths, durations, texts = [], [], []
-    with open(manifest, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    with open(manifest, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
             try:
-                entry = json.loads(line)
+                entry = json.loads(raw.decode("utf-8"))
                 path, duration, text = entry["audio_filepath"], float(entry["duration"]), entry["text"]
             except (ValueError, KeyError, TypeError) as error:
                 raise ValueError(
                     f"{manifest}:{number}: not a manifest line with audio_filepath, duration and text ({error})"
                 ) from error
+            if not str(text).strip():
+                raise BadTranscriptError(
+                    f"{manifest}:{number}: {path} has an empty transcript; every utterance needs its text (an empty "
+                    "reference turns every hypothesised word into an error). Fix or remove the line."
+                )
             paths.append(os.path.join(manifest.parent, path))  # an absolute path stays as it is
             durations.append(duration)
             texts.append(text)
@@ -328,9 +399,31 @@ class _PackedRows:
         return np.diff(self.offsets)
 
 
+def read_skipping_corrupt(
+    read: Callable[[int], Any], index: int, size: int, unreadable: torch.Tensor, error_type: type[Exception],
+) -> tuple[Any, bool]:
+    """`(read(index), False)`, or, when reading it raises `error_type`, `(read(j), True)` for the next readable
+    index j (wrapping around): the sample is replaced, so a plan's count of examples stays exact, and flagged.
+
+    `unreadable` (a bool tensor over the dataset, in shared memory so DataLoader workers' finds reach every
+    process) remembers the indices found unreadable, which are not tried again; each is warned about once.
+    """
+    for offset in range(size):
+        candidate = (index + offset) % size
+        if unreadable[candidate]:
+            continue
+        try:
+            return read(candidate), candidate != index
+        except error_type as error:
+            unreadable[candidate] = True
+            warnings.warn(f"skipping an unreadable file (data.skip_corrupt=true): {error}", stacklevel=2)
+    raise error_type(f"every one of the {size} examples failed to read")
+
+
 class LibriSpeechDataset(torch.utils.data.Dataset):
     """Utterances of one or more manifests: `dataset[i]` is `(features (num_mels, frames) float32, tokens (L,)
-    int64)`.
+    int64, skipped)`, `skipped` True when utterance i could not be read and another one stands in its place
+    (`skip_corrupt` only).
 
     Args:
         manifests: JSON-lines manifests, read once here (order kept: manifest by manifest, line by line).
@@ -340,12 +433,15 @@ class LibriSpeechDataset(torch.utils.data.Dataset):
         speed_perturb: the speeds one is drawn from per utterance with python's `random` (training only); None: off.
         max_duration: utterances longer than this many seconds (by the manifest) are dropped; the count is logged
             and kept in `num_dropped`. None keeps every utterance (the evaluation sets).
+        skip_corrupt: an unreadable FLAC is replaced by the next readable utterance and flagged `skipped` (the
+            workload trains on the stand-in and leaves it unscored in evaluation); False: `UnreadableAudioError`.
 
     Attributes:
         durations: seconds of each kept utterance (float64), in index order: what length-bucketed batch planning
             reads, without touching the audio.
         token_lengths: transcript length of each kept utterance, in characters.
         num_dropped: utterances left out by `max_duration`.
+        unreadable_files: audio files found unreadable so far (`skip_corrupt`), in this process and its workers.
     """
 
     def __init__(
@@ -355,6 +451,7 @@ class LibriSpeechDataset(torch.utils.data.Dataset):
         train: bool,
         speed_perturb: Sequence[float] | None = None,
         max_duration: float | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         if speed_perturb is not None and (not speed_perturb or min(speed_perturb) <= 0):
             raise ValueError(f"data.speed_perturb must be null or a non-empty list of positive speeds: {speed_perturb}")
@@ -385,6 +482,8 @@ class LibriSpeechDataset(torch.utils.data.Dataset):
         self.durations = np.asarray(durations, dtype=np.float64)
         self.token_lengths = self._tokens.lengths
         self.num_dropped = total - len(durations)
+        self.skip_corrupt = skip_corrupt
+        self._unreadable = torch.zeros(len(durations), dtype=torch.bool).share_memory_()
         if self.num_dropped:
             log.info(
                 "dropped %d of %d utterances longer than %s s from %s",
@@ -400,26 +499,39 @@ class LibriSpeechDataset(torch.utils.data.Dataset):
     def transcript(self, index: int) -> str:
         return decode(self._tokens[index].tolist())
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def unreadable_files(self) -> list[str]:
+        return [self.audio_path(i) for i in torch.nonzero(self._unreadable).flatten().tolist()]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        if not self.skip_corrupt:
+            return (*self._utterance(index), False)
+        (features, tokens), skipped = read_skipping_corrupt(
+            self._utterance, index, len(self), self._unreadable, UnreadableAudioError
+        )
+        return features, tokens, skipped
+
+    def _utterance(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         waveform = read_audio(self.audio_path(index), self.features.sample_rate)
         speed = random.choice(self.speed_perturb) if self.train and self.speed_perturb else 1.0
         features = self.features(waveform, train=self.train, speed=speed)
         return features, torch.from_numpy(self._tokens[index].astype(np.int64))
 
 
-def collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_to: int = 16) -> dict[str, torch.Tensor]:
-    """A batch of `(features, tokens)` samples as padded tensors.
+def collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor, bool]], pad_to: int = 16) -> dict[str, torch.Tensor]:
+    """A batch of `(features, tokens, skipped)` samples as padded tensors.
 
     Returns `features` (B, num_mels, T) zero-padded with T the longest utterance's frames rounded up to a multiple
     of `pad_to` (the authors' 16 [O]), `feature_lengths` (B,) the frames before padding, `tokens` (B, L) padded
-    with the blank id (never a target, so padding cannot pass for a character), and `token_lengths` (B,).
+    with the blank id (never a target, so padding cannot pass for a character), `token_lengths` (B,), and
+    `skipped` (B,) bool, the stand-ins for unreadable utterances.
     """
-    feature_lengths = torch.tensor([features.shape[1] for features, _ in samples], dtype=torch.int64)
-    token_lengths = torch.tensor([tokens.shape[0] for _, tokens in samples], dtype=torch.int64)
+    feature_lengths = torch.tensor([features.shape[1] for features, _, _ in samples], dtype=torch.int64)
+    token_lengths = torch.tensor([tokens.shape[0] for _, tokens, _ in samples], dtype=torch.int64)
     frames = -(-int(feature_lengths.max()) // pad_to) * pad_to
     batch_features = samples[0][0].new_zeros(len(samples), samples[0][0].shape[0], frames)
     batch_tokens = torch.full((len(samples), int(token_lengths.max())), BLANK, dtype=torch.int64)
-    for row, (features, tokens) in enumerate(samples):
+    for row, (features, tokens, _) in enumerate(samples):
         batch_features[row, :, : features.shape[1]] = features
         batch_tokens[row, : tokens.shape[0]] = tokens
     return {
@@ -427,6 +539,7 @@ def collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_to: int = 
         "feature_lengths": feature_lengths,
         "tokens": batch_tokens,
         "token_lengths": token_lengths,
+        "skipped": torch.tensor([skipped for _, _, skipped in samples], dtype=torch.bool),
     }
 
 
@@ -437,27 +550,20 @@ def build_librispeech_datasets(
     features: Mapping[str, Any],
     speed_perturb: Sequence[float] | None,
     max_duration: float | None,
-    synthetic: Mapping[str, Any] | None = None,
+    skip_corrupt: bool = False,
 ) -> tuple[LibriSpeechDataset, dict[str, LibriSpeechDataset]]:
-    """The training set and the named evaluation sets (configs/data/librispeech.yaml documents each argument).
-
-    Manifest names are relative to `root`; with `synthetic` set, `root` is the synthetic twin made (or found in
-    its cache) by `data.synthetic_librispeech.make_synthetic_librispeech(**synthetic)`.
-    """
-    if synthetic:
-        from data.synthetic_librispeech import make_synthetic_librispeech
-
-        made = make_synthetic_librispeech(**synthetic)
-        root = next(iter(made.values())).parent  # all its manifests lie in one folder
+    """The training set and the named evaluation sets (configs/data/librispeech.yaml documents each argument);
+    manifest names are relative to `root`."""
     if root is None:
         raise ValueError(f"data.root is null: set it (or LIBRISPEECH_ROOT) to the folder `{PREPARE_COMMAND}` made")
     root = Path(root).expanduser()
     pipeline = LogMelFeatures(**features)
     train = LibriSpeechDataset(
         [root / name for name in train_manifests], pipeline, train=True, speed_perturb=speed_perturb,
-        max_duration=max_duration,
+        max_duration=max_duration, skip_corrupt=skip_corrupt,
     )
     evaluation = {
-        name: LibriSpeechDataset([root / manifest], pipeline, train=False) for name, manifest in eval_manifests.items()
+        name: LibriSpeechDataset([root / manifest], pipeline, train=False, skip_corrupt=skip_corrupt)
+        for name, manifest in eval_manifests.items()
     }
     return train, evaluation

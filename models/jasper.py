@@ -21,9 +21,17 @@ Padding. Utterances of a batch have different lengths, and the model gives each 
 every conv zeroes the padded frames of its input (multiplying by the mask in the input's dtype, so autocast and
 torch.compile see plain elementwise ops), and BatchNorm computes its training statistics over the valid frames
 only (`MaskedBatchNorm1d`). Padded output frames hold arbitrary values; `out_lengths` says which frames are valid.
-NeMo masks the convolutions' inputs too [N] but lets padded frames into BatchNorm's statistics; excluding them
-makes an utterance's result independent of what it is batched with (in eval mode exactly, in training up to
-the batch statistics, which are those of the batch's valid frames).
+The authors' OpenSeq2Seq encoder (`use_conv_mask`) and NeMo [N] mask the convolutions' inputs too but let the
+padded frames into BatchNorm's statistics: `bn_include_padding=True` does that (docs/fidelity.md measures both).
+Excluding them makes an utterance's result independent of what it is batched with (in eval mode exactly, in
+training up to the batch statistics, which are those of the batch's valid frames).
+
+Initialisation (`init`). "authors" [O]: the encoder's convs (prologue, blocks, residual projections, epilogue) drawn
+from TensorFlow's `xavier_initializer(uniform=False)`, a normal of std sqrt(1.3 / fan_avg) truncated at two
+standard deviations (fan_avg = (fan_in + fan_out) / 2; the 1.3 makes the truncated draw's std about
+sqrt(1 / fan_avg)), and the classifier (their CTC decoder's dense layer) from the default, uniform Xavier;
+"xavier_uniform": every conv uniform Xavier, NeMo's `init_mode` default [N]. Both give the weights the same
+variance; only the shape of the distribution differs.
 """
 
 from __future__ import annotations
@@ -72,6 +80,17 @@ BATCHNORM_EPS = 1e-3  # [O] TensorFlow's 1e-3, not torch's 1e-5
 BATCHNORM_MOMENTUM = 0.1  # [O] decay 0.9 in TensorFlow's convention
 
 
+INITS = ("authors", "xavier_uniform")
+
+
+def truncated_normal_xavier_(weight: torch.Tensor) -> torch.Tensor:
+    """TensorFlow's `xavier_initializer(uniform=False)` in place: a normal of std sqrt(1.3 / fan_avg) truncated
+    at two of its standard deviations, fan_avg the mean of torch's fan_in and fan_out (kernel x channels)."""
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    std = (1.3 / ((fan_in + fan_out) / 2.0)) ** 0.5
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
 def sequence_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """(B, 1, max_length) bool mask, True on the first `lengths[b]` frames of utterance b."""
     frames = torch.arange(max_length, device=lengths.device)
@@ -117,13 +136,19 @@ class MaskedBatchNorm1d(nn.modules.batchnorm._NormBase):
     It derives from `_NormBase` rather than `_BatchNorm` so that `nn.SyncBatchNorm.convert_sync_batchnorm`, which
     knows no mask, leaves it alone (its statistics stay per rank even with `trainer.sync_bn=true`), while the
     optimizer factory still finds it as a normalisation layer (no weight decay on its scale and shift).
+
+    `include_padding=True` counts every frame instead, padded ones included, as `nn.BatchNorm1d` on the padded
+    batch does (the authors' and NeMo's encoders).
     """
 
     def __init__(
         self, num_features: int, eps: float = BATCHNORM_EPS, momentum: float | None = BATCHNORM_MOMENTUM,
-        affine: bool = True, track_running_stats: bool = True,
+        affine: bool = True, track_running_stats: bool = True, include_padding: bool = False,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        #: Count every frame, padded ones included, in the training statistics: `nn.BatchNorm1d`'s (and the
+        #: authors') behaviour on the padded batch.
+        self.include_padding = include_padding
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != self.num_features:
@@ -131,6 +156,8 @@ class MaskedBatchNorm1d(nn.modules.batchnorm._NormBase):
         if not self.training and self.track_running_stats:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         stats_dtype = torch.promote_types(x.dtype, torch.float32)  # half and bfloat16 inputs: float32 statistics
+        if self.include_padding:
+            mask = torch.ones_like(mask)
         valid = mask.to(stats_dtype)
         count = valid.sum()  # valid frames, the same for every channel
         x_wide = x.to(stats_dtype)
@@ -239,6 +266,10 @@ class Jasper(nn.Module):
         dense_residual: each block sums projections of the prologue's and all earlier blocks' outputs (True,
             Jasper DR), or projects only its own input (False, plain Jasper).
         dropout: if given, replaces every layer's dropout probability (e.g. 0.0 to switch dropout off).
+        bn_include_padding: BatchNorm's training statistics count the padded frames too, as the authors' and
+            NeMo's encoders do (False: the valid frames only, see the module docstring).
+        init: "authors" (truncated-normal Xavier for the encoder, uniform Xavier for the classifier [O]) or
+            "xavier_uniform" (every conv, NeMo's default [N]).
 
     `forward(features (B, in_features, T), lengths (B,))` returns logits (B, T', num_classes), in at least float32,
     and the valid output frames per utterance, `out_lengths` (B,): `(lengths - 1) // 2 + 1` with the stride-2
@@ -254,8 +285,12 @@ class Jasper(nn.Module):
         epilogue: Sequence[ConvSpec | Mapping] = JASPER10X5_EPILOGUE,
         dense_residual: bool = True,
         dropout: float | None = None,
+        bn_include_padding: bool = False,
+        init: str = "authors",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"model.init must be one of {INITS}, got {init!r}")
         if in_features < 1 or num_classes < 2:
             raise ValueError(f"in_features ({in_features}) must be positive and num_classes ({num_classes}) at "
                              "least 2 (one character and the blank)")
@@ -287,15 +322,22 @@ class Jasper(nn.Module):
             self.epilogue.append(SubBlock(channels, spec))
             channels = spec.channels
         self.classifier = MaskedConv1d(channels, num_classes, kernel_size=1, bias=True)
+        for module in self.modules():
+            if isinstance(module, MaskedBatchNorm1d):
+                module.include_padding = bn_include_padding
+        self.init = init
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Xavier-uniform conv weights and a zero classifier bias [O] (TensorFlow's xavier_initializer and
-        zero bias); BatchNorm starts at scale 1, shift 0 and unit running variance."""
+        """Conv weights as `init` says (module docstring), a zero classifier bias [O]; BatchNorm starts at scale 1,
+        shift 0 and unit running variance."""
         for module in self.modules():
             if isinstance(module, nn.Conv1d):
-                nn.init.xavier_uniform_(module.weight)
+                if self.init == "authors" and module is not self.classifier:
+                    truncated_normal_xavier_(module.weight)
+                else:
+                    nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, MaskedBatchNorm1d):

@@ -6,25 +6,83 @@
 For each `<split>.tar.gz` found in --archives (train-clean-100, train-clean-360, train-other-500, dev-clean,
 dev-other, test-clean, test-other; any subset), writes under --root:
   LibriSpeech/<split>/<speaker>/<chapter>/*.flac and *.trans.txt   the archive's files, as they are
+  LibriSpeech/<split>/.archive.json                                which archive (name, size, mtime) they came from
   <split>.json                                                     the manifest, one JSON object per utterance
 
-Resumable: a split whose manifest exists is skipped. An archive is extracted into a temporary folder beside its
-destination and renamed into place when complete, so a killed run leaves either nothing or a whole split folder
-(plus a temporary folder the next run deletes); the manifest is likewise written under a temporary name and
-renamed. About 60 GB of FLACs for all seven archives (the 960 h of training audio and the four evaluation sets).
+Steps per split, each printing its progress (a tqdm bar on a terminal, otherwise a line a minute: files, bytes,
+rate) and ending in a clear error that names the file and says what to do:
+  1. extract: the archive must be a readable gzip tar holding `LibriSpeech/<split>/`; it is extracted into a
+     temporary folder beside its destination and renamed into place when complete, so a killed or failed run
+     leaves either nothing or a whole split folder. A split folder extracted from another archive than the one now
+     in --archives (a replaced download) is extracted again.
+  2. index: every `.trans.txt` line must be UTF-8 with a non-empty transcript in the vocabulary (space, a-z,
+     apostrophe), and every FLAC it lists must have a readable header (durations come from the headers). The
+     manifest is written under a temporary name and renamed when complete: its presence marks the split as done.
+Resumable: a split whose manifest exists is skipped. A failure leaves the manifests of the other splits as they
+were and no temporary file. About 60 GB of FLACs for all seven archives.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import shutil
+import sys
 import tarfile
 import time
+import zlib
 from pathlib import Path
 
-from data.librispeech import EVAL_SPLITS, TRAIN_SPLITS, write_manifest
+from data.librispeech import EVAL_SPLITS, TRAIN_SPLITS, BadTranscriptError, UnreadableAudioError, write_manifest
 
 SPLITS = TRAIN_SPLITS + EVAL_SPLITS
+ARCHIVE_MARKER = ".archive.json"
+#: Without a terminal, a progress line at most this often (seconds).
+PROGRESS_INTERVAL = 60.0
+
+
+class PrepareError(SystemExit):
+    """A prepare step that failed on bad input; the message names the file and says what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"prepare_librispeech: {message}")
+
+
+class Progress:
+    """Files and bytes done in a long step: a tqdm bar when stderr is a terminal, otherwise a line every
+    `interval` seconds and one at the end (files, MB, MB/s), so a log shows the step is alive."""
+
+    def __init__(self, description: str, total_bytes: int | None = None, interval: float = PROGRESS_INTERVAL):
+        self.description, self.interval = description, interval
+        self.files = self.bytes = 0
+        self.start = self.last = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True, dynamic_ncols=True)
+
+    def update(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        if self.bar is not None:
+            self.bar.update(size)
+            self.bar.set_postfix(files=self.files, refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            print(f"{self.description}: {self.summary(now)}", flush=True)
+
+    def summary(self, now: float | None = None) -> str:
+        seconds = max((time.monotonic() if now is None else now) - self.start, 1e-9)
+        return f"{self.files} files, {self.bytes / 1e6:.1f} MB, {self.bytes / 1e6 / seconds:.1f} MB/s"
+
+    def close(self) -> str:
+        if self.bar is not None:
+            self.bar.close()
+        return self.summary()
 
 
 def archive_name(split: str) -> str:
@@ -36,45 +94,97 @@ def find_archives(archives: Path, splits: tuple[str, ...]) -> dict[str, Path]:
     folder is missing or holds none of them."""
     expected = ", ".join(archive_name(split) for split in splits)
     if not archives.is_dir():
-        raise SystemExit(f"prepare_librispeech: archive directory {archives} does not exist; it should hold any of "
-                         f"{expected} (from https://www.openslr.org/12)")
+        raise PrepareError(f"archive directory {archives} does not exist; it should hold any of {expected} (from "
+                           "https://www.openslr.org/12)")
     found = {split: archives / archive_name(split) for split in splits if (archives / archive_name(split)).is_file()}
     if not found:
         present = sorted(entry.name for entry in archives.iterdir())
-        raise SystemExit(
-            f"prepare_librispeech: no LibriSpeech archive in {archives}. Expected any of {expected} "
-            f"(from https://www.openslr.org/12); found: {', '.join(present) if present else 'nothing'}"
+        raise PrepareError(
+            f"no LibriSpeech archive in {archives}. Expected any of {expected} (from https://www.openslr.org/12); "
+            f"found: {', '.join(present) if present else 'nothing'}"
         )
     return found
+
+
+def archive_identity(archive: Path) -> dict[str, object]:
+    """What tells one download of an archive from another without reading 30 GB: name, size, modification time."""
+    stat = archive.stat()
+    return {"archive": archive.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def extracted_from(split_dir: Path) -> dict[str, object] | None:
+    """The identity of the archive `split_dir` was extracted from, or None when unknown (no readable marker)."""
+    try:
+        return json.loads((split_dir / ARCHIVE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def extract_split(archive: Path, split: str, root: Path) -> Path:
     """Extract `archive` so that `root/LibriSpeech/<split>` appears complete or not at all; return that folder.
 
-    The official archives hold `LibriSpeech/<split>/...` plus a few top-level text files (README, SPEAKERS,
-    CHAPTERS, ...), which are kept beside the splits when not there yet.
+    A split folder already extracted from this very archive is reused; one from another archive (or of unknown
+    origin) is replaced once the new extraction is complete. The official archives hold `LibriSpeech/<split>/...`
+    plus a few top-level text files (README, SPEAKERS, CHAPTERS, ...), which are kept beside the splits when not
+    there yet.
     """
     librispeech = root / "LibriSpeech"
     destination = librispeech / split
-    if destination.is_dir():
+    identity = archive_identity(archive)
+    if destination.is_dir() and extracted_from(destination) == identity:
+        print(f"{split}: {destination} already extracted from {archive.name}, reused")
         return destination
     staging = root / f".extract-{split}.tmp"
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
     staging.mkdir(parents=True)
-    with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(staging, filter="data")
-    extracted = staging / "LibriSpeech" / split
-    if not extracted.is_dir():
-        shutil.rmtree(staging)
-        raise SystemExit(f"prepare_librispeech: {archive} holds no LibriSpeech/{split}/ folder; is it the official "
-                         "archive of that split?")
-    librispeech.mkdir(exist_ok=True)
-    for extra in (staging / "LibriSpeech").iterdir():
-        if extra.is_file() and not (librispeech / extra.name).exists():
-            extra.rename(librispeech / extra.name)
-    extracted.rename(destination)
-    shutil.rmtree(staging)
+    try:
+        progress = Progress(f"{split}: extracting {archive.name}", total_bytes=None)
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for member in tar:
+                    tar.extract(member, staging, filter="data")
+                    if member.isfile():
+                        progress.update(member.size)
+        except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise PrepareError(
+                f"{archive} is damaged or not a gzip tar ({type(error).__name__}: {error}). Download it again from "
+                "https://www.openslr.org/12 and re-run; nothing of this split was kept."
+            ) from error
+        finally:
+            summary = progress.close()
+        print(f"{split}: extracted {summary}", flush=True)
+        extracted = staging / "LibriSpeech" / split
+        if not extracted.is_dir():
+            raise PrepareError(f"{archive} holds no LibriSpeech/{split}/ folder; is it the official archive of that "
+                               "split?")
+        (extracted / ARCHIVE_MARKER).write_text(json.dumps(identity))
+        librispeech.mkdir(exist_ok=True)
+        for extra in (staging / "LibriSpeech").iterdir():
+            if extra.is_file() and not (librispeech / extra.name).exists():
+                extra.rename(librispeech / extra.name)
+        if destination.exists():  # from another archive: replaced only now that the new one is complete
+            print(f"{split}: {destination} came from another archive than {archive.name}: replaced")
+            destination.rename(staging / "replaced")
+        extracted.rename(destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return destination
+
+
+def index_split(split: str, split_dir: Path, manifest: Path, archive: Path) -> int:
+    """Write the split's manifest; bad transcripts or audio become a `PrepareError` that says what to do."""
+    progress = Progress(f"{split}: indexing")
+    try:
+        count = write_manifest(split_dir, manifest, on_utterance=progress.update)
+    except (BadTranscriptError, UnreadableAudioError) as error:
+        raise PrepareError(
+            f"{error}\nNo manifest was written for {split}. Either download {archive.name} again (into "
+            f"{archive.parent}) and re-run, which extracts it afresh, or fix the file in {split_dir} and re-run."
+        ) from error
+    finally:
+        summary = progress.close()
+    print(f"{split}: indexed {summary}", flush=True)
+    return count
 
 
 def prepare(archives: Path, root: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Path]:
@@ -88,9 +198,8 @@ def prepare(archives: Path, root: Path, splits: tuple[str, ...] = SPLITS) -> dic
             print(f"{split}: {manifest} exists, skipped")
         else:
             start = time.perf_counter()
-            print(f"{split}: extracting {archive} and reading FLAC headers ...", flush=True)
             split_dir = extract_split(archive, split, root)
-            count = write_manifest(split_dir, manifest)
+            count = index_split(split, split_dir, manifest, archive)
             print(f"{split}: {count} utterances, {manifest} ({time.perf_counter() - start:.0f} s)")
         manifests[split] = manifest
     missing = [split for split in splits if split not in found]

@@ -125,18 +125,31 @@ def test_residual_projections_follow_the_dense_or_plain_pattern(dense_residual: 
         assert len(block.sub_blocks) == spec.repeat
 
 
-def test_init_is_xavier_uniform_with_bias_only_on_the_classifier() -> None:
+@pytest.mark.parametrize("init", ["authors", "xavier_uniform"])
+def test_init_follows_the_authors_or_uniform_xavier_with_bias_only_on_the_classifier(init: str) -> None:
+    """authors [O]: encoder convs from TF's xavier_initializer(uniform=False), a normal of std sqrt(1.3 / fan_avg)
+    cut at 2 std (so a draw's std is about sqrt(1 / fan_avg)), the classifier uniform Xavier."""
     torch.manual_seed(0)
     model = Jasper(in_features=64, num_classes=29, prologue=ConvSpec(11, 256, 0.2, stride=2),
-                   blocks=[ConvSpec(11, 256, 0.2)], epilogue=[])
+                   blocks=[ConvSpec(11, 256, 0.2)], epilogue=[], init=init)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
     assert [m for m in convs if m.bias is not None] == [model.classifier]
     assert torch.equal(model.classifier.bias, torch.zeros(29))
-    conv = model.prologue.conv_bn.conv  # fan_in = 64 * 11, fan_out = 256 * 11
-    bound = (6 / (64 * 11 + 256 * 11)) ** 0.5
-    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.99 * bound
+    weight = model.prologue.conv_bn.conv.weight  # fan_in = 64 * 11, fan_out = 256 * 11
+    fan_avg = (64 * 11 + 256 * 11) / 2
+    uniform_bound = (3 / fan_avg) ** 0.5
+    torch.testing.assert_close(weight.std().item(), fan_avg**-0.5, rtol=0.02, atol=0)  # the same variance
+    if init == "authors":
+        cut = 2 * (1.3 / fan_avg) ** 0.5
+        assert uniform_bound * 1.2 < weight.abs().max() <= cut  # beyond the uniform bound: not uniform
+    else:
+        assert 0.99 * uniform_bound < weight.abs().max() <= uniform_bound
+    classifier_bound = (6 / (256 + 29)) ** 0.5
+    assert 0.9 * classifier_bound < model.classifier.weight.abs().max() <= classifier_bound
     bn = model.blocks[0].residuals[0].bn
     assert (bn.eps, bn.momentum) == (1e-3, 0.1)
+    with pytest.raises(ValueError, match="model.init must be one of"):
+        Jasper(init="kaiming")
 
 
 def test_dropout_comes_from_the_specs_or_the_override() -> None:
@@ -332,6 +345,36 @@ def test_masked_batchnorm_is_batchnorm_over_the_valid_frames(momentum: float | N
     masked.eval(), reference.eval()
     x = torch.randn(2, 4, 5)
     torch.testing.assert_close(masked(x, torch.ones(2, 1, 5, dtype=torch.bool)), reference(x))
+
+
+def test_batchnorm_with_padding_included_is_torch_batchnorm_on_the_padded_batch() -> None:
+    """bn_include_padding (the authors' and NeMo's encoders): every frame, padded ones too, in the statistics."""
+    torch.manual_seed(0)
+    with_padding = MaskedBatchNorm1d(4, include_padding=True)
+    reference = nn.BatchNorm1d(4, eps=1e-3)
+    x = 3 + 2 * torch.randn(3, 4, 9)
+    mask = torch.arange(9)[None, None, :] < torch.tensor([9, 4, 1])[:, None, None]
+    x = x * mask  # padded frames as a masked conv leaves them: zero
+    torch.testing.assert_close(with_padding(x, mask), reference(x))
+    torch.testing.assert_close(with_padding.running_var, reference.running_var)
+    valid_only = MaskedBatchNorm1d(4)
+    valid_only(x, mask)
+    assert not torch.allclose(valid_only.running_mean, reference.running_mean, atol=1e-2)  # the option matters
+
+
+def test_the_model_option_lets_padding_change_an_utterances_training_output() -> None:
+    """With bn_include_padding the valid outputs of an utterance depend on how much padding it is batched with
+    (what the default's masked statistics prevent: test_in_training_padding_changes_neither_...)."""
+    utterance = torch.randn(8, 17, dtype=torch.float64)
+    for include, changes in ((False, False), (True, True)):
+        model = tiny_model(bn_include_padding=include).train()
+        assert all(m.include_padding is include for m in model.modules() if isinstance(m, MaskedBatchNorm1d))
+        outputs = []
+        for extra in (0, 15):
+            features, lengths = padded_batch([utterance], extra, fill=0.0)
+            logits, out_lengths = copy.deepcopy(model)(features, lengths)
+            outputs.append(logits[0, : out_lengths[0]])
+        assert (not torch.allclose(*outputs, rtol=1e-6, atol=1e-6)) is changes
 
 
 def test_masked_batchnorm_keeps_half_precision_inputs_and_float32_statistics() -> None:

@@ -1,12 +1,10 @@
 """LibriSpeech data: vocabulary, WER, the log-mel pipeline against formulas, the dataset and its errors, the
-synthetic twins and the prepare script (on tiny fake archives)."""
+synthetic twins (the prepare script on official-format archives: tests/test_librispeech_prepare.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 import random
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +21,6 @@ from data.librispeech import (
     LibriSpeechDataset,
     LogMelFeatures,
     UnreadableAudioError,
-    build_librispeech_datasets,
     collate,
     decode,
     encode,
@@ -32,7 +29,7 @@ from data.librispeech import (
 )
 from data.synthetic_librispeech import LEARNABLE_BINS, LEARNABLE_LETTERS, make_synthetic_librispeech, tone_frequencies
 from novograd.engine.compose import compose_config
-from script_modules import load_script
+from novograd.workloads.librispeech import LibriSpeechWorkload
 
 SR = 16000
 
@@ -126,14 +123,16 @@ def reference_slaney_filterbank(sample_rate=SR, n_fft=512, n_mels=64) -> np.ndar
     return weights
 
 
-def reference_features(signal: np.ndarray, guard=1e-20, ddof=0, epsilon=0.0) -> np.ndarray:
-    """The authors' pipeline in float64 numpy, frame by frame (no dither): the slow obvious version."""
-    x = signal / np.abs(signal).max()
+def reference_features(signal: np.ndarray, guard=1e-20, ddof=0, epsilon=0.0, peak_normalize=True,
+                       stft_pad_mode="reflect", exclude_last_frame=False) -> np.ndarray:
+    """The pipeline in float64 numpy, frame by frame (no dither): the slow obvious version. NeMo's choices: zeros
+    instead of a mirror around the signal, and `samples // 160` frames (the last centred one left out)."""
+    x = signal / np.abs(signal).max() if peak_normalize else signal
     x = np.append(x[0], x[1:] - 0.97 * x[:-1])
-    padded = np.pad(x, 256, mode="reflect")
+    padded = np.pad(x, 256, mode=stft_pad_mode)
     window = np.zeros(512)
     window[96 : 96 + 320] = np.hanning(320)  # the 320-sample window centred in the 512-point frame
-    frames = 1 + (padded.size - 512) // 160
+    frames = signal.size // 160 if exclude_last_frame else 1 + (padded.size - 512) // 160
     power = np.stack([np.abs(np.fft.rfft(window * padded[160 * t : 160 * t + 512])) ** 2 for t in range(frames)], 1)
     log_mel = np.log(reference_slaney_filterbank() @ power + guard)
     return (log_mel - log_mel.mean(1, keepdims=True)) / (log_mel.std(1, ddof=ddof, keepdims=True) + epsilon)
@@ -145,15 +144,39 @@ def test_filterbank_and_window_match_the_formulas(features):
     np.testing.assert_allclose(features.power_spectrogram.window.numpy(), np.hanning(320), atol=1e-7)
 
 
-@pytest.mark.parametrize("preset", [dict(), dict(guard=2.0**-24, normalize=dict(ddof=1, epsilon=1e-5))])
+NEMO = dict(peak_normalize=False, guard=2.0**-24, normalize=dict(ddof=1, epsilon=1e-5), stft_pad_mode="constant",
+            exclude_last_frame=True)
+
+
+@pytest.mark.parametrize("preset", [dict(), dict(guard=2.0**-24, normalize=dict(ddof=1, epsilon=1e-5)), NEMO],
+                         ids=["authors", "nemo-normalisation", "nemo"])
 def test_features_match_the_numpy_reference(preset):
     rng = np.random.default_rng(0)
     t = np.arange(int(0.83 * SR)) / SR
     signal = 0.3 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.standard_normal(t.size)
     ours = LogMelFeatures(dither=0.0, **preset)(torch.from_numpy(signal.astype(np.float32)), train=True)
-    reference = reference_features(signal, preset.get("guard", 1e-20), **preset.get("normalize", {}))
-    assert ours.shape == (64, 1 + t.size // 160) and ours.dtype == torch.float32
+    options = {key: value for key, value in preset.items() if key != "normalize"}
+    reference = reference_features(signal, **options, **preset.get("normalize", {}))
+    frames = t.size // 160 if preset.get("exclude_last_frame") else 1 + t.size // 160
+    assert ours.shape == (64, frames) and ours.dtype == torch.float32
     np.testing.assert_allclose(ours.numpy(), reference, atol=2e-3)
+
+
+def test_nemo_padding_and_frame_count_change_the_edges_only():
+    """Zeros instead of a mirror change the first and last frames (the only ones whose 20 ms window reaches past the
+    signal);
+    leaving the last frame out changes the per-bin statistics, hence every frame a little."""
+    signal = torch.from_numpy(np.random.default_rng(1).standard_normal(8000).astype(np.float32))
+    reflect = LogMelFeatures(dither=0.0).log_mel(signal)
+    zeros = LogMelFeatures(dither=0.0, stft_pad_mode="constant").log_mel(signal)
+    changed = (reflect - zeros).abs().amax(dim=0) > 1e-4
+    assert changed[0] and changed[-1] and not changed[1:-1].any()
+    full = LogMelFeatures(dither=0.0)(signal, train=False)
+    short = LogMelFeatures(dither=0.0, exclude_last_frame=True)(signal, train=False)
+    assert (full.shape[1], short.shape[1]) == (51, 50)
+    assert 0 < (full[:, :50] - short).abs().max() < 0.5
+    with pytest.raises(ValueError, match="stft_pad_mode"):
+        LogMelFeatures(stft_pad_mode="edge")
 
 
 @pytest.mark.parametrize("mel_bin", [4, 13, 30, 50])
@@ -201,7 +224,8 @@ def test_dataset_reads_the_manifests(smoke, features):
     assert [dataset.transcript(i) for i in range(6)] == [e["text"] for e in entries]
     assert dataset.token_lengths.tolist() == [len(e["text"]) for e in entries]
     for index in (0, 5):
-        frames, tokens = dataset[index]
+        frames, tokens, skipped = dataset[index]
+        assert skipped is False
         samples = soundfile.info(dataset.audio_path(index)).frames
         assert samples == round(entries[index]["duration"] * SR)
         assert frames.shape == (64, 1 + samples // 160) and frames.dtype == torch.float32
@@ -239,7 +263,8 @@ def test_collate_pads_time_to_a_multiple_of_16(smoke, features):
     assert batch["features"].shape == (4, 64, -(-max(frames) // 16) * 16)
     assert batch["feature_lengths"].tolist() == frames and batch["token_lengths"].tolist() == tokens
     assert batch["tokens"].shape == (4, max(tokens))
-    for row, (features_, tokens_) in enumerate(samples):
+    assert batch["skipped"].dtype == torch.bool and not batch["skipped"].any()
+    for row, (features_, tokens_, _) in enumerate(samples):
         assert torch.equal(batch["features"][row, :, : frames[row]], features_)
         assert not batch["features"][row, :, frames[row] :].any()
         assert torch.equal(batch["tokens"][row, : tokens[row]], tokens_)
@@ -281,8 +306,7 @@ def test_configs_build_the_datasets(tmp_path):
     assert (defaults.guard, defaults.dither, defaults.ddof) == (1e-20, 1e-5, 0)
 
     def build(data):
-        keys = ("root", "train_manifests", "eval_manifests", "features", "speed_perturb", "max_duration", "synthetic")
-        return build_librispeech_datasets(**{key: data[key] for key in keys})
+        return LibriSpeechWorkload(model={}, data=data).build_datasets()
 
     with pytest.raises(FileNotFoundError, match="make prepare-librispeech"):
         build(compose_config(["data=librispeech", f"data.root={tmp_path}"], output_dir="unused").data)
@@ -381,86 +405,3 @@ def test_learnable_twin_is_learned_by_a_tiny_ctc_model(tmp_path):
         loss.backward()
         optimizer.step()
     assert dev_wer() < 0.2
-
-
-# --- prepare script ----------------------------------------------------------------------------------------------
-
-def make_fake_archive(archives: Path, split: str, utterances: dict[str, tuple[float, str]]) -> None:
-    """An archive laid out like the official ones: LibriSpeech/<split>/<spk>/<chap>/ plus LibriSpeech/README.TXT."""
-    archives.mkdir(exist_ok=True)
-    rng = np.random.default_rng(len(utterances))
-    with tarfile.open(archives / f"{split}.tar.gz", "w:gz") as tar:
-        readme = b"fake LibriSpeech\n"
-        info = tarfile.TarInfo("LibriSpeech/README.TXT")
-        info.size = len(readme)
-        tar.addfile(info, io.BytesIO(readme))
-        chapters: dict[str, list[str]] = {}
-        for name, (seconds, text) in utterances.items():
-            speaker, chapter, _ = name.split("-")
-            buffer = io.BytesIO()
-            soundfile.write(buffer, 0.1 * rng.standard_normal(int(seconds * SR)), SR, subtype="PCM_16", format="FLAC")
-            info = tarfile.TarInfo(f"LibriSpeech/{split}/{speaker}/{chapter}/{name}.flac")
-            info.size = len(buffer.getvalue())  # libsndfile seeks back to finish the header: not tell()
-            buffer.seek(0)
-            tar.addfile(info, buffer)
-            chapters.setdefault(f"{speaker}/{chapter}/{speaker}-{chapter}", []).append(f"{name} {text}\n")
-        for stem, lines in chapters.items():
-            data = "".join(lines).encode()
-            info = tarfile.TarInfo(f"LibriSpeech/{split}/{stem}.trans.txt")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-FAKE = {
-    "dev-clean": {"84-121-0000": (0.5, "HE'S HERE"), "84-121-0001": (0.25, "NO"), "174-50-0000": (0.75, "A B C")},
-    "test-other": {"1-2-0000": (0.3, "IT'S OTHER")},
-}
-
-
-def test_prepare_extracts_and_writes_manifests(tmp_path, features):
-    for split, utterances in FAKE.items():
-        make_fake_archive(tmp_path / "archives", split, utterances)
-    (tmp_path / "archives" / "notes.txt").write_text("not an archive")
-    root = tmp_path / "librispeech"
-    load_script("prepare_librispeech").main(["--archives", str(tmp_path / "archives"), "--root", str(root)])
-    assert sorted(p.name for p in root.iterdir()) == ["LibriSpeech", "dev-clean.json", "test-other.json"]
-    assert (root / "LibriSpeech" / "README.TXT").is_file()
-    for split, utterances in FAKE.items():
-        entries = [json.loads(line) for line in (root / f"{split}.json").read_text().splitlines()]
-        by_name = {Path(e["audio_filepath"]).stem: e for e in entries}
-        assert set(by_name) == set(utterances)
-        for name, (seconds, text) in utterances.items():
-            speaker, chapter, _ = name.split("-")
-            assert by_name[name]["audio_filepath"] == f"LibriSpeech/{split}/{speaker}/{chapter}/{name}.flac"
-            assert by_name[name]["duration"] == pytest.approx(seconds) and by_name[name]["text"] == text.lower()
-    dataset = LibriSpeechDataset([root / "dev-clean.json"], features, train=False)
-    assert len(dataset) == 3 and dataset[0][0].shape[0] == 64
-
-
-def test_prepare_resumes_after_a_kill(tmp_path, capsys):
-    prepare = load_script("prepare_librispeech")
-    for split, utterances in FAKE.items():
-        make_fake_archive(tmp_path / "archives", split, utterances)
-    root = tmp_path / "librispeech"
-    args = ["--archives", str(tmp_path / "archives"), "--root", str(root)]
-    prepare.main(args)
-    done = (root / "test-other.json").stat().st_mtime_ns
-    # A run killed while extracting dev-clean: a half-written staging folder, no split folder, no manifest.
-    (root / "dev-clean.json").unlink()
-    (root / "LibriSpeech" / "dev-clean").rename(root / ".extract-dev-clean.tmp")
-    capsys.readouterr()
-    prepare.main(args)
-    assert "test-other.json exists, skipped" in capsys.readouterr().out
-    assert (root / "test-other.json").stat().st_mtime_ns == done
-    assert len((root / "dev-clean.json").read_text().splitlines()) == 3
-    assert not list(root.glob(".*"))  # no staging folder, no temporary manifest left
-
-
-def test_prepare_names_what_is_missing(tmp_path):
-    prepare = load_script("prepare_librispeech")
-    with pytest.raises(SystemExit, match="does not exist.*train-clean-100.tar.gz"):
-        prepare.main(["--archives", str(tmp_path / "nowhere"), "--root", str(tmp_path / "out")])
-    (tmp_path / "archives").mkdir()
-    (tmp_path / "archives" / "LibriSpeech.zip").write_text("wrong")
-    with pytest.raises(SystemExit, match=r"no LibriSpeech archive.*dev-other\.tar\.gz.*found: LibriSpeech\.zip"):
-        prepare.main(["--archives", str(tmp_path / "archives"), "--root", str(tmp_path / "out")])

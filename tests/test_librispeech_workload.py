@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -97,8 +99,8 @@ def test_missing_dataset_names_the_prepare_target(tmp_path: Path) -> None:
 
 
 def test_learn_run_transcribes_the_learnable_twin(tmp_path: Path) -> None:
-    """debug=learn: the tiny Jasper learns the tone alphabet (measured: dev-clean WER 1.0% at step 200 and 0.0% at
-    step 400 of the full debug=learn run); half of it here."""
+    """debug=learn: the tiny Jasper learns the tone alphabet (measured: dev-clean WER 2.1% at step 200 and at step
+    400 of the full debug=learn run, 3.1% averaged over the four sets after a 200-step run); half of it here."""
     summary = run(compose_config(["experiment=table4/novograd", "debug=learn", "logger=none",
                                   "trainer.max_steps=200", "trainer.eval_every_steps=null"], tmp_path))
     assert summary["wer_dev_clean"] < 20.0
@@ -125,4 +127,74 @@ def test_two_ranks_match_one_process_with_the_same_micro_batches(tmp_path: Path)
                    for name in ("single", "ddp"))
     for key, value in single.items():
         if "running_" not in key and "num_batches" not in key:  # running statistics: DDP keeps rank 0's
-            torch.testing.assert_close(ddp[key], value, rtol=0, atol=1e-5)
+            torch.testing.assert_close(ddp[key], value, rtol=0, atol=3e-5)  # fp32 all-reduce vs local sums
+
+
+def _corrupt(flac: Path) -> None:
+    flac.write_bytes(b"fLaC" + bytes(range(256)) * 4)  # a FLAC signature, then garbage
+
+
+def test_skip_corrupt_trains_on_a_stand_in_and_leaves_an_unreadable_evaluation_utterance_unscored(
+    tmp_path: Path,
+) -> None:
+    """One unreadable training FLAC and one unreadable dev-clean FLAC: the run goes on, the training step keeps its
+    count (a stand-in, counted in train/skipped), and the evaluation scores every other utterance once."""
+    from data.synthetic_librispeech import make_synthetic_librispeech
+    from novograd.workloads.librispeech import LibriSpeechWorkload
+
+    overrides = [*SMOKE, f"data.synthetic.directory={tmp_path / 'twin'}", "data.synthetic.num_train=16",
+                 "data.skip_corrupt=true"]
+    manifests = make_synthetic_librispeech(tmp_path / "twin", kind="smoke", num_train=16, num_eval=8, seed=0)
+    for split in ("train-clean-100", "dev-clean"):
+        first = json.loads(manifests[split].read_text().splitlines()[0])["audio_filepath"]
+        _corrupt(manifests[split].parent / first)
+    config = compose_config([*overrides, "trainer.micro_batch_size=8", "trainer.max_steps=2",
+                             "trainer.eval_every_steps=null"], tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"skipping an unreadable file .*0000\.flac"):
+        summary = run(config)
+    assert summary["steps"] == 2 and "wer_dev_clean" in summary
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("train/skipped", 0) for r in records) == 1  # 2 steps of 8: one epoch
+
+    workload = LibriSpeechWorkload(model=config.model, data=config.data)
+    _, evaluation = workload.build_datasets()
+    dev = evaluation["dev_clean"]
+    samples = [dev[i] for i in range(len(dev))]
+    assert [skipped for _, _, skipped in samples] == [True] + [False] * 7  # index 0 stands in with utterance 1
+    assert torch.equal(samples[0][1], samples[1][1]) and samples[0][0].shape == samples[1][0].shape
+    assert dev.unreadable_files == [dev.audio_path(0)]
+    model = workload.build_model().eval()
+    with torch.no_grad():
+        sums = workload.eval_step(model, workload.collate(samples))
+        scored = workload.eval_step(model, workload.collate(samples[1:]))
+    assert sums["skipped"] == 1 and sums["utterances"] == 7 and scored["skipped"] == 0
+    for name in ("word_edits", "reference_words", "utterances"):  # utterance 1 scored once, not twice
+        assert sums[name] == scored[name]
+
+
+def test_without_skip_corrupt_an_unreadable_file_stops_the_run_naming_it(tmp_path: Path) -> None:
+    from data.librispeech import UnreadableAudioError
+    from data.synthetic_librispeech import make_synthetic_librispeech
+
+    manifests = make_synthetic_librispeech(tmp_path / "twin", kind="smoke", num_train=32, num_eval=8, seed=0)
+    name = json.loads(manifests["dev-clean"].read_text().splitlines()[0])["audio_filepath"]
+    _corrupt(manifests["dev-clean"].parent / name)
+    with pytest.raises(UnreadableAudioError, match=f"{Path(name).name}.*re-run.*data.skip_corrupt=true"):
+        run(compose_config([*SMOKE, f"data.synthetic.directory={tmp_path / 'twin'}"], tmp_path / "run"))
+
+
+@pytest.mark.parametrize("micro_batches, sorted_", [("by_length", True), ("random", False)])
+def test_micro_batches_are_cut_by_length_or_in_the_steps_random_order(micro_batches: str, sorted_: bool) -> None:
+    from novograd.workloads.librispeech import LibriSpeechWorkload
+
+    config = compose_config([*SMOKE, f"data.micro_batches={micro_batches}"], "unused")
+    workload = LibriSpeechWorkload(model=config.model, data=config.data)
+    durations = np.random.default_rng(0).uniform(1, 16, size=64)
+    plan = workload.batch_plan(SimpleNamespace(durations=durations), 32, 8, seed=0)
+    step = plan.epoch_steps(0)[0]
+    micro = plan.micro_batches(step, world_size=1)
+    assert sorted(np.concatenate(micro).tolist()) == sorted(step.tolist())
+    assert (np.concatenate(micro).tolist() == step[np.argsort(durations[step], kind="stable")].tolist()) is sorted_
+    assert (np.concatenate(micro).tolist() == step.tolist()) is not sorted_
+    with pytest.raises(ValueError, match="data.micro_batches must be one of"):
+        LibriSpeechWorkload(model=config.model, data={**config.data, "micro_batches": "shuffled"})

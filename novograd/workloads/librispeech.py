@@ -1,11 +1,15 @@
 """Jasper 10x5 DR on LibriSpeech (Tables 4-5, Figure 3): CTC training, greedy decoding, corpus WER on four sets.
 
 Batches: a step is `trainer.batch_size` utterances drawn uniformly (the paper's batch of 256), sorted by duration
-before it is cut into micro-batches, so each micro-batch holds utterances of similar length and little padding.
+before it is cut into micro-batches, so each micro-batch holds utterances of similar length and little padding
+(`data.micro_batches=random` cuts the step in its random order instead, as the authors' runs did).
 Loss: CTC summed over time per utterance (not divided by its length) and summed over the micro-batch; the engine
 divides by the step's utterance count, which averages over the batch as the authors' runs did. A transcript that
 cannot be aligned to its frames (longer than them, repeats counted twice) gives an infinite CTC loss: it is zeroed,
 contributes no gradient, and is counted (`train/ctc_infeasible`).
+Unreadable audio (`data.skip_corrupt=true`): a training utterance that cannot be read is replaced by the next
+readable one (the step keeps its count) and counted in `train/skipped`; an evaluation utterance that cannot be
+read is not scored, and counted in the evaluation's `skipped` sum.
 Metrics: corpus word error rate (total word edits / total reference words, in percent) per evaluation set, under
 the paper's column names `wer_dev_clean`, `wer_dev_other`, `wer_test_clean`, `wer_test_other`.
 """
@@ -27,6 +31,8 @@ from novograd.engine.plans import BatchPlan, CountPlan
 from novograd.workload import Workload
 
 Batch = dict[str, torch.Tensor]
+#: `data.micro_batches`: cut a step into micro-batches after sorting it by duration, or in its random order.
+MICRO_BATCHES = ("by_length", "random")
 
 
 class LibriSpeechWorkload(Workload):
@@ -46,7 +52,9 @@ class LibriSpeechWorkload(Workload):
     def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any]) -> None:
         self.model_cfg = model
         self.data_cfg = data
-        self._stats = {"ctc_infeasible": 0.0, "padded_frames": 0.0, "frames": 0.0}
+        if data["micro_batches"] not in MICRO_BATCHES:
+            raise ValueError(f"data.micro_batches must be one of {MICRO_BATCHES}, got {data['micro_batches']!r}")
+        self._stats = {"ctc_infeasible": 0.0, "skipped": 0.0, "padded_frames": 0.0, "frames": 0.0}
 
     def build_model(self) -> nn.Module:
         from hydra.utils import instantiate
@@ -54,12 +62,21 @@ class LibriSpeechWorkload(Workload):
         return instantiate(self.model_cfg, in_features=self.data_cfg["features"]["num_mels"], num_classes=NUM_OUTPUTS)
 
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
-        keys = ("root", "train_manifests", "eval_manifests", "features", "speed_perturb", "max_duration", "synthetic")
-        return build_librispeech_datasets(**{key: self.data_cfg[key] for key in keys})
+        data = self.data_cfg
+        root = data["root"]
+        if data.get("synthetic"):
+            from data.synthetic_librispeech import make_synthetic_librispeech
+
+            made = make_synthetic_librispeech(**data["synthetic"])
+            root = next(iter(made.values())).parent  # all its manifests lie in one folder
+        keys = ("train_manifests", "eval_manifests", "features", "speed_perturb", "max_duration", "skip_corrupt")
+        return build_librispeech_datasets(root, **{key: data[key] for key in keys})
 
     def batch_plan(self, train_set: Dataset, batch_size: int, micro_batch_size: int, seed: int) -> BatchPlan:
         durations = np.asarray(train_set.durations)  # type: ignore[attr-defined]
-        return CountPlan(len(durations), batch_size, micro_batch_size, seed, lengths=durations)
+        # Without lengths the plan cuts each step in its (random) order.
+        lengths = durations if self.data_cfg["micro_batches"] == "by_length" else None
+        return CountPlan(len(durations), batch_size, micro_batch_size, seed, lengths=lengths)
 
     def collate(self, samples: list[Any]) -> Batch:
         return collate_utterances(samples, pad_to=self.data_cfg["pad_to"])
@@ -69,6 +86,7 @@ class LibriSpeechWorkload(Workload):
         losses, infeasible = ctc_losses(logits, frames, batch["tokens"], batch["token_lengths"])
         # Host-side statistics without a device sync: added up lazily as tensors.
         self._stats["ctc_infeasible"] += infeasible.sum()
+        self._stats["skipped"] += batch["skipped"].sum()
         self._stats["padded_frames"] += batch["features"].shape[0] * batch["features"].shape[-1]
         self._stats["frames"] += batch["feature_lengths"].sum()
         return losses.sum()
@@ -85,15 +103,18 @@ class LibriSpeechWorkload(Workload):
 
     def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         logits, frames = model(batch["features"], batch["feature_lengths"])
-        hypotheses = [decode(ids) for ids in greedy_ctc_decode(logits, frames)]
+        scored = (~batch["skipped"]).tolist()  # a stand-in for an unreadable utterance is not scored
+        hypotheses = [decode(ids) for ids, keep in zip(greedy_ctc_decode(logits, frames), scored) if keep]
         references = [
-            decode(tokens[:length].tolist()) for tokens, length in zip(batch["tokens"], batch["token_lengths"])
+            decode(tokens[:length].tolist())
+            for tokens, length, keep in zip(batch["tokens"], batch["token_lengths"], scored) if keep
         ]
         edits, words = word_error_counts(hypotheses, references)
         return {
             "word_edits": torch.tensor(float(edits)),
             "reference_words": torch.tensor(float(words)),
             "utterances": torch.tensor(float(len(references))),
+            "skipped": torch.tensor(float(len(scored) - len(references))),
         }
 
     def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:
