@@ -471,7 +471,7 @@ class TextError(ValueError):
     """An input text file that cannot be prepared; the message names the file (and line) and what to do."""
 
 
-def _check_text(path: Path) -> int:
+def check_text_file(path: Path) -> int:
     """The number of lines of a text file, after checking that it is UTF-8 (a TextError names the first bad line).
 
     Read in blocks cut after a line end, so a multi-byte character is never split between two blocks.
@@ -502,7 +502,7 @@ def _check_utf8(path: Path, block: bytes, lines_before: int) -> None:
 
 
 def _check_aligned(files: tuple[Path, Path]) -> None:
-    counts = [_check_text(path) for path in files]
+    counts = [check_text_file(path) for path in files]
     if counts[0] != counts[1]:
         raise TextError(
             f"{files[0]} ({counts[0]} lines) and {files[1]} ({counts[1]} lines) are not line-aligned: line i of "

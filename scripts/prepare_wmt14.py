@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the checkout
 
-from data.wmt14 import TextError, prepare_translation_data  # noqa: E402
+from data.wmt14 import TextError, check_text_file, prepare_translation_data  # noqa: E402
 
 LANGUAGES = ("en", "de")  # translation direction: English to German
 LANGPAIR = "en-de"
@@ -100,6 +100,7 @@ def _sgml_to_text(sgml_dir: Path, split: str, raw_dir: Path) -> tuple[Path, Path
     raw_dir.mkdir(parents=True, exist_ok=True)
     outputs = _split_files(raw_dir, split)
     for name, output in zip(SGML_FILES, outputs):
+        check_text_file(sgml_dir / name)  # a bad byte named here, not as a bare UnicodeDecodeError in sacrebleu
         staging = output.with_name(f".{output.name}.{os.getpid()}")
         reader._convert_format(str(sgml_dir / name), str(staging))  # sacrebleu's FakeSGMLDataset parser
         os.replace(staging, output)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 EN_WORDS = "the a house is small big cat dog runs fast green tree we see and old new car road city".split()
-DE_WORDS = "das ein haus ist klein groß katze hund läuft schnell grün baum wir sehen und alt neu auto weg".split()
+DE_WORDS = "das ein haus ist klein groß katze hund läuft schnell grün baum wir sehen und alt neu auto weg stadt".split()
 SGML_FILES = {"src": "newstest2014-deen-src.en.sgm", "ref": "newstest2014-deen-ref.de.sgm"}
 
 
@@ -27,7 +27,7 @@ def small_corpus(train_pairs: int = 120, seed: int = 0) -> dict[str, tuple[list[
 
     def pairs(count: int) -> tuple[list[str], list[str]]:
         english = [list(rng.choice(EN_WORDS, size=int(rng.integers(2, 6)))) for _ in range(count)]
-        return [" ".join(words) for words in english], [" ".join(dictionary[w] for w in words) for w in english]
+        return [" ".join(words) for words in english], [" ".join(dictionary[w] for w in words) for words in english]
 
     full_en, full_de = pairs(9)
     return {"train": pairs(train_pairs), "newstest2013": pairs(6), "newstest2014": (full_en, full_de),
