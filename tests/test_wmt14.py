@@ -356,7 +356,8 @@ def test_data_configs_compose_and_build(tmp_path, monkeypatch):
     real = OmegaConf.load(REPO / "configs" / "data" / "wmt14.yaml")
     assert real.root == "/data/wmt14" and real.vocab_size == 8192 and real.max_len == 256
     assert real.max_len_ratio == 1.5
-    assert dict(real.eval_sets) == {"valid": "newstest2013", "test": "newstest2014_filtered", "test_full": "newstest2014"}
+    expected_sets = {"valid": "newstest2013", "test": "newstest2014_filtered", "test_full": "newstest2014"}
+    assert dict(real.eval_sets) == expected_sets
 
     with initialize_config_dir(config_dir=str(REPO / "configs" / "data"), version_base="1.3"):
         data = compose("wmt14_synthetic", overrides=[f"synthetic.cache_dir={tmp_path}", "synthetic.num_train=64"])

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 EN_WORDS = "the a house is small big cat dog runs fast green tree we see and old new car road city".split()
-DE_WORDS = "das ein haus ist klein groß katze hund läuft schnell grün baum wir sehen und alt neu auto weg stadt".split()
+DE_WORDS = ("das ein haus ist klein groß katze hund läuft schnell grün baum wir sehen und alt neu auto weg "
+            "stadt").split()
 SGML_FILES = {"src": "newstest2014-deen-src.en.sgm", "ref": "newstest2014-deen-ref.de.sgm"}
 
 
