@@ -3,7 +3,8 @@
 `make_synthetic_wmt14` generates text in two invented "languages" (words of 2-4 letters over disjoint alphabets),
 writes it as line-aligned files, and hands them to `data.wmt14.prepare_translation_data`: the same sentencepiece
 BPE training, encoding, filtering and on-disk layout as the real corpus, read by the same `TranslationDataset`,
-with splits named `train`, `newstest2013` and `newstest2014` so the real evaluation-set config applies unchanged.
+with splits named `train`, `newstest2013`, `newstest2014` and `newstest2014_filtered` so the real
+evaluation-set config applies unchanged.
 
 Two kinds:
 - `smoke`: source and target sentences are unrelated random words (same word count). Nothing to learn; it
@@ -28,11 +29,11 @@ from data.cache import cached_directory
 from data.wmt14 import prepare_translation_data
 
 #: Bump when the generated content changes, so stale caches are not reused.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 KINDS = ("smoke", "learnable")
 _SRC_ALPHABET = "abcdefghij"
 _TGT_ALPHABET = "klmnopqrst"
-_EVAL_SPLITS = ("newstest2013", "newstest2014")
+_EVAL_SPLITS = ("newstest2013", "newstest2014", "newstest2014_filtered")
 
 
 def make_synthetic_wmt14(
@@ -49,7 +50,7 @@ def make_synthetic_wmt14(
     Args:
         kind: "smoke" (unrelated random sentences) or "learnable" (reversed word-by-word translation).
         num_train: training pairs generated (the length-ratio filter may drop some; meta.json counts them).
-        num_eval: pairs in each of newstest2013 and newstest2014 (never filtered).
+        num_eval: pairs in each evaluation split (never filtered).
         vocab_size: the BPE vocabulary (4 special ids included); the corpus must hold enough distinct subwords,
             which 16 words per language do for up to about 100.
         num_words: dictionary size of each language.

@@ -40,6 +40,8 @@ import itertools
 import json
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,8 @@ TRAIN_SPLIT = "train"
 FORMAT_VERSION = 1
 PREPARE_COMMAND = "make prepare-wmt14 WMT14_ROOT=DIR [SOURCE=hub|DIR]"
 _ENCODE_CHUNK_LINES = 100_000
+#: Seconds between the progress lines of a long step (BPE training, encoding the training split).
+PROGRESS_INTERVAL_S = 60.0
 
 
 # --- tokenizer ------------------------------------------------------------------------------------------------
@@ -385,20 +389,71 @@ def _train_sentencepiece(
     if (root / "spm.model").is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         log(f"reusing {root / 'spm.model'}")
         return
-    log(f"training a {params['vocab_size']}-token joint BPE on {params['input_sentence_size']} sampled sentences")
+    log(f"training a {params['vocab_size']}-token joint BPE on {params['input_sentence_size']} sampled sentences "
+        f"of {train_files[0].name} and {train_files[1].name} (progress every {PROGRESS_INTERVAL_S:.0f} s)")
     # Sentences come through an iterator and the model back as bytes, rather than file names in and a model
     # prefix out: sentencepiece records those paths inside the model, which would then differ by where it was made.
     model = io.BytesIO()
+    reading = _Progress(log, "BPE: sentences read")
+    sentences = itertools.chain.from_iterable(_lines(path) for path in train_files)
     sentencepiece.set_random_generator_seed(params["seed"])
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=itertools.chain.from_iterable(_lines(path) for path in train_files),
-        model_writer=model,
-        num_threads=num_threads,
-        minloglevel=1,  # warnings and errors only: its progress log runs to hundreds of lines
-        **{key: value for key, value in params.items() if key != "seed"},
-    )
+    with _heartbeat(log, "BPE training"):
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=reading.counted(sentences),
+            model_writer=model,
+            num_threads=num_threads,
+            minloglevel=1,  # warnings and errors only: its own log runs to hundreds of lines; _heartbeat reports
+            **{key: value for key, value in params.items() if key != "seed"},
+        )
+    log(f"BPE trained on {reading.count:,} sentences in {_duration(time.monotonic() - reading.start)}")
     _write_atomically(root / "spm.model", model.getvalue())
     _write_atomically(stamp_path, json.dumps(stamp, indent=2))
+
+
+class _Progress:
+    """Counts the items of a long step and logs the count and rate at most every PROGRESS_INTERVAL_S seconds."""
+
+    def __init__(self, log: Callable[[str], None], what: str, total: int | None = None) -> None:
+        self.log, self.what, self.total = log, what, total
+        self.count, self.start = 0, time.monotonic()
+        self.last = self.start
+
+    def add(self, count: int) -> None:
+        self.count += count
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_INTERVAL_S:
+            self.last = now
+            done = f"{self.count:,}" + (f" of {self.total:,}" if self.total else "")
+            rate = self.count / max(now - self.start, 1e-9)
+            self.log(f"{self.what}: {done} ({rate:,.0f}/s, {_duration(now - self.start)})")
+
+    def counted(self, items: Iterator[str]) -> Iterator[str]:
+        for item in items:
+            self.add(1)
+            yield item
+
+
+@contextlib.contextmanager
+def _heartbeat(log: Callable[[str], None], what: str) -> Iterator[None]:
+    """While the body runs (a library call that reports nothing), log every PROGRESS_INTERVAL_S that it still is."""
+    stop, start = threading.Event(), time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(PROGRESS_INTERVAL_S):
+            log(f"{what}: running for {_duration(time.monotonic() - start)}")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -412,18 +467,44 @@ def _lines(path: Path) -> Iterator[str]:
             yield line.removesuffix("\n").removesuffix("\r")
 
 
-def _count_lines(path: Path) -> int:
-    count, last = 0, b"\n"
+class TextError(ValueError):
+    """An input text file that cannot be prepared; the message names the file (and line) and what to do."""
+
+
+def check_text_file(path: Path) -> int:
+    """The number of lines of a text file, after checking that it is UTF-8 (a TextError names the first bad line).
+
+    Read in blocks cut after a line end, so a multi-byte character is never split between two blocks.
+    """
+    count, last, carry = 0, b"\n", b""
     with open(path, "rb") as file:
         while block := file.read(1 << 24):
-            count, last = count + block.count(b"\n"), block[-1:]
+            block, last = carry + block, block[-1:]
+            cut = block.rfind(b"\n") + 1
+            block, carry = block[:cut], block[cut:]
+            _check_utf8(path, block, count)
+            count += block.count(b"\n")
+    _check_utf8(path, carry, count)
     return count + (last != b"\n")  # a last line without its "\\n" still counts
 
 
+def _check_utf8(path: Path, block: bytes, lines_before: int) -> None:
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_start = block.rfind(b"\n", 0, error.start) + 1
+        line = lines_before + block.count(b"\n", 0, error.start) + 1
+        raise TextError(
+            f"{path}, line {line}: byte {block[error.start]:#04x} at column {error.start - line_start + 1} is not "
+            f"UTF-8 ({error.reason}). Every WMT14 text file must be UTF-8: re-encode the file (e.g. `iconv -f "
+            "latin1 -t utf-8`) or fix that line, then re-run."
+        ) from None
+
+
 def _check_aligned(files: tuple[Path, Path]) -> None:
-    counts = [_count_lines(path) for path in files]
+    counts = [check_text_file(path) for path in files]
     if counts[0] != counts[1]:
-        raise ValueError(
+        raise TextError(
             f"{files[0]} ({counts[0]} lines) and {files[1]} ({counts[1]} lines) are not line-aligned: line i of "
             "one must be the translation of line i of the other."
         )
@@ -450,7 +531,8 @@ def _encode_split(
     staging = root / f".{split}.{os.getpid()}"
     staging.mkdir()
     try:
-        counts = _write_split(staging, files, tokenizer, stamp["filters"], num_threads)
+        progress = _Progress(log, f"{split}: pairs encoded")
+        counts = _write_split(staging, files, tokenizer, stamp["filters"], num_threads, progress)
         (staging / "split.json").write_text(json.dumps({"stamp": stamp, "counts": counts}, indent=2))
         shutil.rmtree(split_dir, ignore_errors=True)
         os.replace(staging, split_dir)
@@ -466,6 +548,7 @@ def _write_split(
     tokenizer: Tokenizer,
     filters: dict[str, float] | None,
     num_threads: int,
+    progress: _Progress,
 ) -> dict[str, int]:
     """Encode the line-aligned `files` into token arrays in `out_dir`; `filters` None keeps every pair and the
     raw text (an evaluation split)."""
@@ -481,6 +564,7 @@ def _write_split(
             encoded = {side: tokenizer.encode_batch(lines[side], num_threads) for side in SIDES}
             lengths = {side: np.array([len(ids) + 1 for ids in encoded[side]], dtype=np.int64) for side in SIDES}
             counts["pairs_read"] += len(lengths["src"])
+            progress.add(len(lengths["src"]))
             if filters is None:
                 keep = np.ones(len(lengths["src"]), dtype=bool)
                 for side, file in raw_text.items():

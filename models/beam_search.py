@@ -62,9 +62,7 @@ def beam_search(
     batch, k, vocab = src_tokens.size(0), beam_size, model.vocab_size
     device = src_tokens.device
     memory, src_pad_mask = model.encode(src_tokens)
-    cache = model.start_decoding(memory, src_pad_mask)
-    # Every beam of a sentence starts from the sentence's encoder keys/values: rows are sentence-major.
-    cache.reorder(torch.arange(batch, device=device).repeat_interleave(k))
+    cache = model.start_decoding(memory, src_pad_mask, beam_size=k)  # rows: sentence-major, k per sentence
 
     max_lengths = (max_len_a * (~src_pad_mask).sum(dim=1) + max_len_b).long()  # tokens before EOS
     steps = int(max_lengths.max()) + 1  # + the EOS step
@@ -83,7 +81,6 @@ def beam_search(
     never_generated[[model.pad_id, model.bos_id]] = True
     not_eos = torch.ones(vocab, dtype=torch.bool, device=device)
     not_eos[model.eos_id] = False
-    row_offsets = torch.arange(batch, device=device)[:, None] * k
     best_final_penalty = length_penalty(max_lengths + 1, alpha)  # the longest allowed length, EOS included
 
     for step in range(steps):
@@ -104,7 +101,7 @@ def beam_search(
 
         alive_scores, keep = candidate_scores.masked_fill(ends, float("-inf")).topk(k, dim=1)
         alive_tokens = candidates.gather(1, keep[:, :, None].expand(-1, -1, width))
-        cache.reorder((row_offsets + candidate_beams.gather(1, keep)).view(-1))
+        cache.select_beams(candidate_beams.gather(1, keep))
 
         # A sentence that is done keeps being extended until the whole batch is, but changes no more: past its
         # limit its hypotheses all scored -inf, and before it none can beat its worst finished one.

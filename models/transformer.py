@@ -1,20 +1,25 @@
 """Transformer encoder-decoder (Vaswani et al. 2017), the paper's Section 5.4 translation model.
 
-`Transformer()` is Transformer-big as the paper trained it on WMT14 en-de: 6 encoder and 6 decoder layers,
-d_model 1024, d_ff 4096, 16 heads, sinusoidal positions, one embedding matrix shared three ways (source embedding,
-target embedding and output projection, scaled by sqrt(d_model) on the way in), ReLU feed-forward, post-norm
-residual blocks by default (`pre_norm=True` moves each LayerNorm before its sublayer and adds a final LayerNorm to
-the encoder and to the decoder, as the authors' OpenSeq2Seq code did).
+`Transformer()` is Transformer-big as the paper's authors trained it on WMT14 en-de: 6 encoder and 6 decoder
+layers, d_model 1024, d_ff 4096, 16 heads, sinusoidal positions, one embedding matrix shared three ways (source
+embedding, target embedding and output projection, scaled by sqrt(d_model) on the way in), ReLU feed-forward.
 
-Parameter layout: fairseq's `transformer_wmt_en_de_big` with `--share-all-embeddings`: separate q/k/v/output
-projections with biases, LayerNorms with a bias, feed-forward layers with biases, and an output projection tied to
-the embedding without a bias. At vocabulary 8192 that is 184,745,984 parameters (184,750,080 with `pre_norm`).
-OpenSeq2Seq's layout counts 184,676,352 because its attention projections have no biases (18 attention blocks x
-4 x 1024 = 73,728 fewer) and its pre-norm stacks end in a LayerNorm each (4,096 more).
+Two layouts, chosen by three arguments (docs/fidelity.md):
+- the authors' (the default; OpenSeq2Seq's Transformer, itself the TensorFlow official/MLPerf one):
+  `pre_norm=True` (LayerNorm before each sublayer, and a final LayerNorm closing the encoder and the decoder),
+  `attention_bias=False` (q/k/v/output projections without biases), `activation_dropout` equal to `dropout`
+  (their `relu_dropout`), and q/k/v initialised Xavier-uniform with gain 1 (TensorFlow's default initializer).
+  At vocabulary 8192: 184,676,352 parameters.
+- fairseq's `transformer_wmt_en_de_big` with `--share-all-embeddings` (configs/model/transformer_big_fairseq.yaml):
+  post-norm (`pre_norm=False`), attention projections with biases, no dropout after the ReLU, q/k/v gain
+  1/sqrt(2). At vocabulary 8192: 184,745,984 parameters (73,728 attention biases more, 4,096 final-LayerNorm
+  parameters fewer).
+Both have LayerNorms with a bias, feed-forward layers with biases, and an output projection tied to the embedding
+without a bias.
 
-Decoding: `encode` once, `start_decoding` to cache the encoder keys and values of every decoder layer, then
-`decode_step` one token at a time; the self-attention keys and values grow in the `DecoderCache`, which
-`reorder`s its rows for beam search (models/beam_search.py).
+Decoding: `encode` once, `start_decoding` to cache the encoder keys and values of every decoder layer (once per
+beam), then `decode_step` one token at a time; the self-attention keys and values grow in the `DecoderCache`,
+whose `select_beams` moves them between a sentence's beams for beam search (models/beam_search.py).
 """
 
 from __future__ import annotations
@@ -47,32 +52,38 @@ def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
 
 
 class MultiheadAttention(nn.Module):
-    """Multi-head attention with separate q/k/v/output projections (with biases), through SDPA.
+    """Multi-head attention with separate q/k/v/output projections, through SDPA.
 
     Keys and values are projected by `project_keys_values`, apart from the attention itself, so that the decoder
     can cache them: the encoder's once per sentence, its own one position per step.
+
+    Args:
+        bias: whether the four projections have biases (fairseq: yes; OpenSeq2Seq/TensorFlow official: no).
+        qkv_init_gain: gain of the q/k/v projections' Xavier-uniform init. 1/sqrt(2) is fairseq's: it reproduces
+            the bound of the single (3d x d) input projection of earlier fairseq versions. 1 is TensorFlow's
+            default (glorot_uniform), the authors'.
     """
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, num_heads: int, dropout: float, bias: bool = True,
+                 qkv_init_gain: float = 1.0) -> None:
         super().__init__()
         if d_model % num_heads != 0:
             raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-        self.reset_parameters()
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.reset_parameters(qkv_init_gain)
 
-    def reset_parameters(self) -> None:
-        # fairseq: the gain 1/sqrt(2) on the separate q/k/v projections reproduces the Xavier bound of the single
-        # (3d x d) input projection that earlier fairseq versions (the paper's era) used.
+    def reset_parameters(self, qkv_init_gain: float) -> None:
         for projection in (self.q_proj, self.k_proj, self.v_proj):
-            nn.init.xavier_uniform_(projection.weight, gain=1 / math.sqrt(2))
+            nn.init.xavier_uniform_(projection.weight, gain=qkv_init_gain)
         nn.init.xavier_uniform_(self.out_proj.weight)
         for projection in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.zeros_(projection.bias)
+            if projection.bias is not None:
+                nn.init.zeros_(projection.bias)
 
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, length, d_model = x.shape
@@ -99,7 +110,8 @@ class MultiheadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Linear -> ReLU -> dropout -> linear, with biases (fairseq's `activation_dropout` sits after the ReLU)."""
+    """Linear -> ReLU -> dropout -> linear, with biases in both layouts (fairseq's `activation_dropout`,
+    OpenSeq2Seq's `relu_dropout`, sits after the ReLU)."""
 
     def __init__(self, d_model: int, d_ff: int, activation_dropout: float) -> None:
         super().__init__()
@@ -134,17 +146,21 @@ class TransformerLayer(nn.Module):
         attention_dropout: float,
         activation_dropout: float,
         pre_norm: bool,
+        attention_bias: bool = True,
+        qkv_init_gain: float = 1.0,
+        layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.self_attn = MultiheadAttention(d_model, num_heads, attention_dropout)
-        self.self_attn_norm = nn.LayerNorm(d_model)
+        attention_args = (d_model, num_heads, attention_dropout, attention_bias, qkv_init_gain)
+        self.self_attn = MultiheadAttention(*attention_args)
+        self.self_attn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.ffn = FeedForward(d_model, d_ff, activation_dropout)
-        self.ffn_norm = nn.LayerNorm(d_model)
+        self.ffn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
         if self.cross_attention:  # the decoder's attention over the encoder output
-            self.cross_attn = MultiheadAttention(d_model, num_heads, attention_dropout)
-            self.cross_attn_norm = nn.LayerNorm(d_model)
+            self.cross_attn = MultiheadAttention(*attention_args)
+            self.cross_attn_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
 
     def sublayer_input(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
         return norm(x) if self.pre_norm else x
@@ -190,29 +206,33 @@ class DecoderLayer(TransformerLayer):
 
 @dataclass
 class DecoderCache:
-    """What incremental decoding keeps between steps, one row per hypothesis.
+    """What incremental decoding keeps between steps, one row per hypothesis: `beam_size` consecutive rows per
+    sentence (sentence-major).
 
     Attributes:
-        memory_kv: per decoder layer, the encoder output's keys and values (computed once by `start_decoding`).
+        memory_kv: per decoder layer, the encoder output's keys and values, computed and expanded to every beam
+            once by `start_decoding`. They depend only on the sentence, so beam search never moves them.
         src_mask: (rows, 1, 1, source length), True at real source tokens.
         self_kv: per decoder layer, the keys and values of the target positions decoded so far (grows each step).
+        beam_size: rows per sentence.
         length: target positions decoded so far; the next token's position.
     """
 
     memory_kv: list[KeysValues]
     src_mask: Tensor
     self_kv: list[KeysValues]
+    beam_size: int = 1
     length: int = 0
 
-    def reorder(self, index: Tensor) -> None:
-        """Row i becomes old row index[i] (index_select on the batch dimension), for beam search."""
+    def select_beams(self, beams: Tensor) -> None:
+        """Beam j of sentence b continues old beam beams[b, j] of the same sentence (beams: (sentences, beam_size)).
 
-        def select(kv: KeysValues) -> KeysValues:
-            return kv[0].index_select(0, index), kv[1].index_select(0, index)
-
-        self.memory_kv = [select(kv) for kv in self.memory_kv]
-        self.self_kv = [select(kv) for kv in self.self_kv]
-        self.src_mask = self.src_mask.index_select(0, index)
+        Only the self-attention keys/values move: a hypothesis never changes sentence, so the encoder's stay put.
+        """
+        sentences = beams.size(0)
+        offsets = torch.arange(sentences, device=beams.device)[:, None] * self.beam_size
+        index = (offsets + beams).view(-1)
+        self.self_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.self_kv]
 
 
 class Transformer(nn.Module):
@@ -226,8 +246,13 @@ class Transformer(nn.Module):
         encoder_layers, decoder_layers: layers in each stack.
         dropout: on embeddings and on every residual branch (the paper: 0.3 with Adam/AdamW, 0.2 with NovoGrad).
         attention_dropout: on the attention weights.
-        activation_dropout: after the feed-forward ReLU (fairseq's default 0).
-        pre_norm: LayerNorm before each sublayer, plus a final LayerNorm per stack (default: post-norm).
+        activation_dropout: after the feed-forward ReLU (the authors: equal to `dropout`; fairseq's default 0).
+        pre_norm: LayerNorm before each sublayer, plus a final LayerNorm per stack (the authors'); False:
+            post-norm (Vaswani et al., fairseq).
+        attention_bias: biases in the attention projections (fairseq's; the authors' have none).
+        qkv_init_gain: Xavier gain of the q/k/v projections (1: the authors' TensorFlow default; fairseq 1/sqrt(2)).
+        layer_norm_eps: every LayerNorm's epsilon (1e-5: fairseq and the authors' NovoGrad config; OpenSeq2Seq's
+            default and their Adam config, 1e-6).
     """
 
     def __init__(
@@ -243,8 +268,11 @@ class Transformer(nn.Module):
         decoder_layers: int = 6,
         dropout: float = 0.3,
         attention_dropout: float = 0.1,
-        activation_dropout: float = 0.0,
-        pre_norm: bool = False,
+        activation_dropout: float = 0.3,
+        pre_norm: bool = True,
+        attention_bias: bool = False,
+        qkv_init_gain: float = 1.0,
+        layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if len({pad_id, bos_id, eos_id}) != 3 or not all(0 <= i < vocab_size for i in (pad_id, bos_id, eos_id)):
@@ -254,15 +282,17 @@ class Transformer(nn.Module):
             )
         self.vocab_size, self.pad_id, self.bos_id, self.eos_id = vocab_size, pad_id, bos_id, eos_id
         self.d_model = d_model
-        layer_args = (d_model, num_heads, d_ff, dropout, attention_dropout, activation_dropout, pre_norm)
+        layer_args = (d_model, num_heads, d_ff, dropout, attention_dropout, activation_dropout, pre_norm,
+                      attention_bias, qkv_init_gain, layer_norm_eps)
         self.embed_tokens = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.embed_dropout = nn.Dropout(dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(*layer_args) for _ in range(decoder_layers))
         # Post-norm layers end normalised already; pre-norm ones leave the residual stream unnormalised.
-        self.encoder_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
-        # fairseq's embedding init: N(0, d_model^-0.5), so that the sqrt(d_model)-scaled input has unit variance.
+        self.encoder_norm = nn.LayerNorm(d_model, eps=layer_norm_eps) if pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d_model, eps=layer_norm_eps) if pre_norm else nn.Identity()
+        # fairseq's and OpenSeq2Seq's embedding init: N(0, d_model^-0.5), so that the sqrt(d_model)-scaled input
+        # has unit variance.
         nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=d_model**-0.5)
         with torch.no_grad():
             self.embed_tokens.weight[pad_id].zero_()
@@ -306,12 +336,19 @@ class Transformer(nn.Module):
         """(batch, S) source and (batch, T) target-input ids -> next-token logits (batch, T, vocab)."""
         return self.decode(tgt_input, *self.encode(src_tokens))
 
-    def start_decoding(self, memory: Tensor, src_pad_mask: Tensor) -> DecoderCache:
-        """An empty cache for `decode_step`, with every decoder layer's encoder keys/values computed once."""
+    def start_decoding(self, memory: Tensor, src_pad_mask: Tensor, beam_size: int = 1) -> DecoderCache:
+        """An empty cache for `decode_step` with `beam_size` rows per sentence: every decoder layer's encoder
+        keys/values are projected once per sentence and repeated once per beam."""
+
+        def per_beam(t: Tensor) -> Tensor:
+            return t.repeat_interleave(beam_size, dim=0) if beam_size > 1 else t
+
+        memory_kv = [layer.cross_attn.project_keys_values(memory) for layer in self.decoder_layers]
         return DecoderCache(
-            memory_kv=[layer.cross_attn.project_keys_values(memory) for layer in self.decoder_layers],
-            src_mask=self._attention_mask(src_pad_mask),
+            memory_kv=[(per_beam(k), per_beam(v)) for k, v in memory_kv],
+            src_mask=per_beam(self._attention_mask(src_pad_mask)),
             self_kv=[],
+            beam_size=beam_size,
         )
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:

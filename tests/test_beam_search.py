@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.beam_search import beam_search, length_penalty
-from models.transformer import Transformer
+from models.transformer import DecoderCache, Transformer
 
 PAD, BOS, EOS = 0, 1, 2
 NEVER_GENERATED = (PAD, BOS)
@@ -24,7 +24,7 @@ def gnmt_penalty(length: int, alpha: float) -> float:
 class ScriptedModel:
     """A decoder whose next-token logits are a fixed random function of (source, prefix), or given outright.
 
-    It has the interface beam_search uses (encode, start_decoding, decode_step, a cache with reorder), so the
+    It has the interface beam_search uses (encode, start_decoding, decode_step, a cache with select_beams), so the
     search can be checked against exhaustive enumeration on distributions far from uniform, where greedy choices
     are often wrong and the best hypothesis may be long.
     """
@@ -45,9 +45,9 @@ class ScriptedModel:
     def encode(self, src_tokens):
         return src_tokens, src_tokens.eq(PAD)
 
-    def start_decoding(self, memory, src_pad_mask):
-        sources = [tuple(row[~pad].tolist()) for row, pad in zip(memory, src_pad_mask)]
-        return ScriptedCache(sources, [() for _ in sources])
+    def start_decoding(self, memory, src_pad_mask, beam_size=1):
+        sources = [tuple(row[~pad].tolist()) for row, pad in zip(memory, src_pad_mask) for _ in range(beam_size)]
+        return ScriptedCache(sources, [() for _ in sources], beam_size)
 
     def decode_step(self, tokens, cache):
         self.steps += 1
@@ -56,12 +56,14 @@ class ScriptedModel:
 
 
 class ScriptedCache:
-    def __init__(self, sources, prefixes):
-        self.sources, self.prefixes = sources, prefixes
+    def __init__(self, sources, prefixes, beam_size):
+        self.sources, self.prefixes, self.beam_size = sources, prefixes, beam_size
 
-    def reorder(self, index):
-        self.sources = [self.sources[i] for i in index.tolist()]
-        self.prefixes = [self.prefixes[i] for i in index.tolist()]
+    def select_beams(self, beams):
+        rows = [b * self.beam_size + j for b, row in enumerate(beams.tolist()) for j in row]
+        assert all(self.sources[i] == self.sources[b * self.beam_size] for b, row in enumerate(beams.tolist())
+                   for i in rows[b * self.beam_size : (b + 1) * self.beam_size])  # beams stay in their sentence
+        self.prefixes = [self.prefixes[i] for i in rows]
 
 
 def tiny_transformer(vocab: int = 9, seed: int = 0) -> Transformer:
@@ -178,6 +180,27 @@ def test_scripted_search_is_the_one_sentence_reference():
     model = ScriptedModel(vocab_size=8, seed=3)
     results = beam_search(model, padded(SOURCES), beam_size=3, alpha=1.0, max_len_a=0.5, max_len_b=2)
     assert results == [reference_beam_search(model, s, 3, alpha=1.0, max_len=int(0.5 * len(s) + 2)) for s in SOURCES]
+
+
+def test_encoder_keys_values_expanded_once_give_the_search_that_regathers_them_each_step(monkeypatch):
+    """The search with the encoder's keys/values expanded once per beam equals the earlier one that re-gathered
+    them (and the source mask) with the self-attention cache on every step, hypotheses and scores alike."""
+    model = tiny_transformer()
+    sources = padded(SOURCES)
+    expanded_once = beam_search(model, sources, beam_size=4)
+    gathered_each_step = []
+    select_beams = DecoderCache.select_beams
+
+    def regather_everything(cache, beams):
+        index = (torch.arange(beams.size(0))[:, None] * cache.beam_size + beams).view(-1)
+        cache.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache.memory_kv]
+        cache.src_mask = cache.src_mask.index_select(0, index)
+        gathered_each_step.append(index)
+        select_beams(cache, beams)
+
+    monkeypatch.setattr(DecoderCache, "select_beams", regather_everything)
+    assert beam_search(model, sources, beam_size=4) == expanded_once
+    assert gathered_each_step and any(not torch.equal(i, i.sort().values) for i in gathered_each_step)
 
 
 def test_batched_result_does_not_depend_on_the_batch():

@@ -98,3 +98,61 @@ def test_bleu_from_summed_statistics_equals_the_corpus_score() -> None:
         summed = [a + b for a, b in zip(*halves)]
         assert bleu_from_statistics(summed, tokenized) == pytest.approx(corpus, abs=1e-9)
         assert 0 < corpus < 100
+
+
+# ---------------------------------------------------------------- tokenizer.perl's rules, on a small corpus
+
+# Expected outputs worked out by hand from tokenizer.perl's rules (-l de, default escaping): a word ending in a
+# period keeps it when it is a non-breaking prefix of German (single letters, Roman numerals, abbreviations such
+# as Nr or z.B, the ordinals 1-99), or holds a dot and a letter, or the next word starts lower-case; otherwise,
+# and always for a sentence's last word, the period is split off. Lines 0-3 are where sacremoses (which keeps a
+# last word that is a prefix) departs from the script.
+PERL_RULE_CASES = [
+    ("Der Läufer belegte Platz 3.", "Der Läufer belegte Platz 3 ."),
+    ("Das kostet z.B.", "Das kostet z.B ."),
+    ("Er kam aus den U.S.A.", "Er kam aus den U.S.A ."),
+    ("Gemeint ist Art.", "Gemeint ist Art ."),
+    ("Am 3. Mai kam er.", "Am 3. Mai kam er ."),
+    ("Siehe Nr. 5 und Dr. Müller.", "Siehe Nr. 5 und Dr. Müller ."),
+    ("Er kam an. Nr. 3 folgt.", "Er kam an . Nr. 3 folgt ."),
+    ("Das Haus. der Baum", "Das Haus. der Baum"),
+    ('Er sagte "Ja" & ging.', "Er sagte &quot; Ja &quot; &amp; ging ."),  # punctuation split, then escaped
+    ("Die Nord-Süd-Verbindung, sagte er.", "Die Nord ##AT##-##AT## Süd ##AT##-##AT## Verbindung , sagte er ."),
+]
+
+
+def test_t2t_tokenization_follows_tokenizer_perl_where_sacremoses_departs():
+    from sacremoses import MosesTokenizer
+
+    from novograd.metrics.bleu import bleu_tokenizer
+
+    tokenize = bleu_tokenizer("t2t")
+    assert [tokenize(line) for line, _ in PERL_RULE_CASES] == [expected for _, expected in PERL_RULE_CASES]
+    plain = MosesTokenizer(lang="de")  # negative control: the unmodified port keeps these last words whole
+    departs = [i for i, (line, expected) in enumerate(PERL_RULE_CASES)
+               if split_compounds(plain.tokenize(line, return_str=True, escape=True)) != expected]
+    assert departs == [0, 1, 2, 3]
+
+
+def test_fairseq_procedure_normalises_punctuation_and_splits_dashes_aggressively():
+    from novograd.metrics.bleu import bleu_tokenizer, remove_non_printing_characters
+
+    fairseq, t2t = bleu_tokenizer("fairseq"), bleu_tokenizer("t2t")
+    line = "Die rich-text Version \u201eist\u201c gut\u200b, Platz 3."
+    assert t2t(line) == "Die rich ##AT##-##AT## text Version \u201e ist \u201c gut \u200b , Platz 3 ."
+    # normalize-punctuation.perl turns the German quotes into ", the zero-width space (category Cf) becomes a
+    # space, -a splits the hyphen as @-@, whose "@-@" the compound rule then splits once more.
+    assert fairseq(line) == "Die rich @ ##AT##-##AT## @ text Version &quot; ist &quot; gut , Platz 3 ."
+    assert remove_non_printing_characters("a\u200bb\x07c\u00e9") == "a b c\u00e9"
+    scores = {p: tokenized_bleu(HYPOTHESES, REFERENCES, procedure=p) for p in ("t2t", "fairseq")}
+    assert scores["t2t"] != pytest.approx(scores["fairseq"], abs=0.01)  # the procedures differ on this corpus
+    with pytest.raises(ValueError, match="t2t"):
+        tokenized_bleu(HYPOTHESES, REFERENCES, procedure="moses")
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="needs perl")
+def test_compound_splitting_is_the_scripts_perl_rule():
+    """The rule as both scripts run it: perl -ple 's{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g'."""
+    lines = ["E-Mail-Adressen", "a-b-c-d", "x - y", "-a- b-", "Nord-Süd-Verbindung", "3-jährige", "a--b", "@-@"]
+    perl = run("perl", "-CSD", "-ple", r"s{(\S)-(\S)}{$1 ##AT##-##AT## $2}g", stdin="\n".join(lines) + "\n")
+    assert [split_compounds(line) for line in lines] == perl.splitlines()

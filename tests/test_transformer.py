@@ -21,9 +21,12 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def big_param_count(vocab: int, d: int = 1024, ff: int = 4096, enc: int = 6, dec: int = 6, pre_norm=False) -> int:
-    """fairseq's transformer_wmt_en_de_big with shared embeddings, from the architecture alone."""
-    attention = 4 * (d * d + d)  # q, k, v, out projections with biases
+def big_param_count(
+    vocab: int, d: int = 1024, ff: int = 4096, enc: int = 6, dec: int = 6, pre_norm=True, attention_bias=False
+) -> int:
+    """Transformer-big with shared embeddings, from the architecture alone: the authors' layout by default
+    (OpenSeq2Seq: no attention biases, a final LayerNorm per stack), fairseq's with the two flags flipped."""
+    attention = 4 * (d * d + (d if attention_bias else 0))  # q, k, v, out projections
     layer_norm = 2 * d
     ffn = d * ff + ff + ff * d + d
     encoder_layer = attention + ffn + 2 * layer_norm
@@ -32,9 +35,14 @@ def big_param_count(vocab: int, d: int = 1024, ff: int = 4096, enc: int = 6, dec
     return vocab * d + enc * encoder_layer + dec * decoder_layer + final_norms
 
 
+FAIRSEQ = dict(pre_norm=False, attention_bias=True, activation_dropout=0.0, qkv_init_gain=1 / math.sqrt(2))
+
+
 def tiny(vocab: int = 11, pre_norm: bool = False, **kwargs) -> Transformer:
+    """A small model, post-norm unless asked (the layers' tests run both layouts)."""
     torch.manual_seed(0)
-    args = dict(d_model=32, d_ff=64, num_heads=4, encoder_layers=2, decoder_layers=2, dropout=0.0)
+    args = dict(d_model=32, d_ff=64, num_heads=4, encoder_layers=2, decoder_layers=2, dropout=0.0,
+                activation_dropout=0.0, attention_bias=not pre_norm)
     return Transformer(vocab_size=vocab, pre_norm=pre_norm, **{**args, **kwargs}).eval()
 
 
@@ -52,35 +60,42 @@ def random_batch(vocab: int = 11, lengths=(5, 3, 6), tgt_len: int = 7, seed: int
 # ---------------------------------------------------------------- size and configs
 
 
-def test_transformer_big_has_184_745_984_parameters_on_meta():
+def test_transformer_big_in_the_authors_layout_has_184_676_352_parameters_on_meta():
     with torch.device("meta"):
         model = Transformer()
-        pre_norm = Transformer(pre_norm=True)
-    assert count(model) == big_param_count(8192) == 184_745_984
-    assert round(count(model) / 1e6, 1) == 184.7  # the paper's "185M", hyperparameters' 184.7M
-    assert count(pre_norm) == big_param_count(8192, pre_norm=True) == 184_745_984 + 4096
+    assert count(model) == big_param_count(8192) == 184_676_352
+    assert round(count(model) / 1e6, 2) == 184.68  # OpenSeq2Seq's count; the paper's "185M"
+    assert not any(name.endswith("_proj.bias") for name, _ in model.named_parameters())
+    assert isinstance(model.encoder_norm, nn.LayerNorm) and isinstance(model.decoder_norm, nn.LayerNorm)
+    layer = model.decoder_layers[0]
+    assert layer.pre_norm and layer.ffn.activation_dropout.p == layer.dropout.p == 0.3
 
 
-def test_openseq2seq_layout_has_no_attention_biases_and_184_68m_parameters():
-    """The docstring's account of the authors' 184.68M: pre-norm with final LayerNorms, attention without bias."""
+def test_transformer_big_in_fairseqs_layout_has_184_745_984_parameters_on_meta():
     with torch.device("meta"):
-        model = Transformer(pre_norm=True)
-    attention_biases = sum(
-        p.numel() for name, p in model.named_parameters() if "attn." in name and name.endswith("_proj.bias")
-    )
+        model = Transformer(**FAIRSEQ)
+    assert count(model) == big_param_count(8192, pre_norm=False, attention_bias=True) == 184_745_984
+    attention_biases = sum(p.numel() for name, p in model.named_parameters() if name.endswith("_proj.bias"))
     assert attention_biases == 18 * 4 * 1024  # 6 encoder + 12 decoder attention blocks
-    assert count(model) - attention_biases == 184_676_352
+    assert count(model) - attention_biases + 2 * 2 * 1024 == 184_676_352  # the layouts' whole difference
 
 
-def test_configs_build_big_and_tiny_models():
+def test_configs_build_both_layouts_and_the_tiny_model():
     big = compose_config(["model=transformer_big"], output_dir="unused").model
+    fairseq = compose_config(["model=transformer_big_fairseq"], output_dir="unused").model
     with torch.device("meta"):
-        assert count(instantiate(big)) == 184_745_984
+        assert count(instantiate(big)) == 184_676_352
+        assert count(instantiate(fairseq)) == 184_745_984
+    assert (big.dropout, big.attention_dropout, big.activation_dropout, big.pre_norm, big.attention_bias) == (
+        0.3, 0.1, 0.3, True, False)
+    assert {key: fairseq[key] for key in FAIRSEQ} == pytest.approx(FAIRSEQ, rel=1e-15)
+    # activation_dropout follows each row's dropout (Table 7: 0.2 with NovoGrad), unless set.
+    row = compose_config(["experiment=table7/novograd"], output_dir="unused").model
+    assert (row.dropout, row.activation_dropout, row.pre_norm) == (0.2, 0.2, True)
     tiny_cfg = compose_config(["model=transformer_tiny"], output_dir="unused").model
     model = instantiate(tiny_cfg, vocab_size=100)
-    assert count(model) == big_param_count(100, d=64, ff=128, enc=2, dec=2)
+    assert count(model) == big_param_count(100, d=64, ff=128, enc=2, dec=2) == 166_144 + 64 * 100
     assert (model.d_model, len(model.encoder_layers), len(model.decoder_layers)) == (64, 2, 2)
-    assert (big.dropout, big.attention_dropout, big.activation_dropout, big.pre_norm) == (0.3, 0.1, 0.0, False)
 
 
 def test_special_ids_must_be_distinct_and_in_the_vocabulary():
@@ -116,17 +131,19 @@ def test_embedding_input_is_scaled_by_sqrt_d_model_plus_sinusoids():
     torch.testing.assert_close(x[0], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_initialisation_follows_fairseq():
+@pytest.mark.parametrize("qkv_gain", [1.0, 1 / math.sqrt(2)])  # the authors' TensorFlow default, fairseq's
+def test_initialisation_is_xavier_with_the_layouts_qkv_gain(qkv_gain):
     torch.manual_seed(0)
     d = 256
-    model = Transformer(vocab_size=4000, d_model=d, d_ff=512, num_heads=4, encoder_layers=1, decoder_layers=1)
+    model = Transformer(vocab_size=4000, d_model=d, d_ff=512, num_heads=4, encoder_layers=1, decoder_layers=1,
+                        attention_bias=True, qkv_init_gain=qkv_gain)
     embedding = model.embed_tokens.weight
     assert torch.equal(embedding[PAD], torch.zeros(d))
     assert embedding[PAD + 1 :].std().item() == pytest.approx(d**-0.5, rel=0.02)
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             fan_out, fan_in = module.weight.shape
-            gain = 1 / math.sqrt(2) if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj") else 1.0
+            gain = qkv_gain if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj") else 1.0
             bound = gain * math.sqrt(6 / (fan_in + fan_out))  # Xavier uniform
             assert module.weight.abs().max().item() <= bound
             assert module.weight.abs().max().item() > 0.95 * bound
@@ -155,8 +172,18 @@ def explicit_attention(attention: MultiheadAttention, x, kv_input, allowed) -> t
     return attention.out_proj(out)
 
 
+def explicit_layer_norm(x, norm: nn.LayerNorm):
+    """LayerNorm written out: (x - mean) / sqrt(biased variance + eps) * weight + bias, over the features."""
+    mean = x.mean(-1, keepdim=True)
+    variance = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(variance + norm.eps) * norm.weight + norm.bias
+
+
 def explicit_sublayer(x, norm, sublayer, pre_norm):
-    return x + sublayer(norm(x)) if pre_norm else norm(x + sublayer(x))
+    """Pre-norm (the authors' PrePostProcessingWrapper): x + sublayer(norm(x)); post-norm: norm(x + sublayer(x))."""
+    if pre_norm:
+        return x + sublayer(explicit_layer_norm(x, norm))
+    return explicit_layer_norm(x + sublayer(x), norm)
 
 
 def explicit_ffn(ffn):
@@ -196,6 +223,27 @@ def test_decoder_layer_matches_explicit_maths(pre_norm):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_pre_norm_encoder_is_the_explicit_stack_with_a_final_layer_norm():
+    """The authors' encoder written out: embed, pre-norm layers, then the stack's own LayerNorm."""
+    model = tiny(pre_norm=True, layer_norm_eps=1e-6)
+    with torch.no_grad():  # non-trivial LayerNorm parameters, so that weight and bias are seen to act
+        for norm in (m for m in model.modules() if isinstance(m, nn.LayerNorm)):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    src, _ = random_batch()
+    allowed = src.ne(PAD)[:, None, :].expand(-1, src.size(1), -1)
+    x = model.embed(src)
+    for layer in model.encoder_layers:
+        assert layer.self_attn_norm.eps == 1e-6 and layer.self_attn.q_proj.bias is None
+        x = explicit_sublayer(x, layer.self_attn_norm, explicit_self_attention(layer.self_attn, allowed), True)
+        x = explicit_sublayer(x, layer.ffn_norm, explicit_ffn(layer.ffn), True)
+    expected = explicit_layer_norm(x, model.encoder_norm)
+    memory, _ = model.encode(src)
+    torch.testing.assert_close(memory, expected, rtol=1e-5, atol=1e-5)
+    without_final_norm = x
+    assert not torch.allclose(memory, without_final_norm, atol=1e-2)  # negative control: the final norm acts
+
+
 def test_pre_norm_ends_each_stack_with_a_layer_norm():
     post, pre = tiny(), tiny(pre_norm=True)
     assert isinstance(post.encoder_norm, nn.Identity) and isinstance(post.decoder_norm, nn.Identity)
@@ -228,7 +276,7 @@ def test_source_padding_changes_nothing():
         torch.testing.assert_close(model(src, tgt)[row : row + 1], alone, rtol=1e-5, atol=1e-5)
 
 
-def test_dropout_acts_only_in_training_and_attention_dropout_on_its_own():
+def test_dropout_acts_only_in_training_and_each_kind_on_its_own():
     src, tgt = random_batch()
     no_dropout = tiny(dropout=0.0, attention_dropout=0.0)
     eval_logits = no_dropout(src, tgt)
@@ -238,6 +286,8 @@ def test_dropout_acts_only_in_training_and_attention_dropout_on_its_own():
     assert not torch.allclose(attention_only.train()(src, tgt), eval_logits)
     residual_only = tiny(dropout=0.5, attention_dropout=0.0).train()
     assert not torch.allclose(residual_only(src, tgt), eval_logits)
+    after_relu_only = tiny(dropout=0.0, attention_dropout=0.0, activation_dropout=0.5).train()
+    assert not torch.allclose(after_relu_only(src, tgt), eval_logits)
 
 
 # ---------------------------------------------------------------- incremental decoding
@@ -254,16 +304,24 @@ def test_incremental_decoding_gives_the_full_forward_logits(pre_norm):
     assert cache.length == tgt.size(1) and cache.self_kv[0][0].shape[2] == tgt.size(1)
 
 
-def test_reordered_cache_decodes_the_reordered_batch():
+def test_selected_beams_decode_the_hypotheses_they_continue():
+    """Two beams per sentence: after select_beams, each row decodes as a full forward pass of the prefix it
+    continues, over its own sentence's encoder output (which select_beams does not move)."""
     model = tiny()
-    src, tgt = random_batch()
-    order = torch.tensor([2, 0, 0, 1])  # a permutation that also duplicates a row, as beam search does
-    cache = model.start_decoding(*model.encode(src))
+    src, _ = random_batch()
+    beam = 2
+    g = torch.Generator().manual_seed(5)
+    prefixes = torch.randint(3, 11, (src.size(0) * beam, 6), generator=g)
+    prefixes[:, 0] = BOS
+    cache = model.start_decoding(*model.encode(src), beam_size=beam)
     for t in range(3):
-        model.decode_step(tgt[:, t], cache)
-    cache.reorder(order)
-    steps = [model.decode_step(tgt[order, t], cache) for t in range(3, tgt.size(1))]
-    full = model(src[order], tgt[order])
+        model.decode_step(prefixes[:, t], cache)
+    beams = torch.tensor([[1, 1], [1, 0], [0, 0]])  # duplicates and swaps, as beam search does
+    rows = (torch.arange(src.size(0))[:, None] * beam + beams).view(-1)
+    continued = torch.cat([prefixes[rows, :3], prefixes[:, 3:]], dim=1)
+    cache.select_beams(beams)
+    steps = [model.decode_step(continued[:, t], cache) for t in range(3, continued.size(1))]
+    full = model(src.repeat_interleave(beam, dim=0), continued)
     torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 3:], rtol=0, atol=1e-5)
 
 

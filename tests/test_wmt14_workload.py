@@ -39,7 +39,7 @@ def test_smoke_run_scores_the_test_set_at_the_end_and_writes_its_hypotheses(tmp_
     assert record["metrics"]["sacrebleu"] == summary["sacrebleu"] and "tok:13a" in record["signature"]
     assert "tok:none" in record["tokenized_signature"]
     records = (tmp_path / "metrics.jsonl").read_text()
-    assert records.count("eval/sacrebleu") == 1  # newstest2014 only at the final evaluation
+    assert records.count('"eval/sacrebleu":') == records.count('"eval/sacrebleu_full":') == 1  # final only
 
 
 def test_accumulated_token_micro_batches_match_one_batch(tmp_path: Path) -> None:

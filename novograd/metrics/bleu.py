@@ -2,21 +2,33 @@
 
 - `sacrebleu_score`: SacreBLEU's corpus BLEU on detokenized text with its default settings (13a tokenizer, mixed
   case, exponential smoothing), returned with SacreBLEU's signature so a score says how it was computed.
-- `tokenized_bleu`: the "tokenized BLEU" of Transformer papers, as fairseq's `compound_split_bleu.sh` and
-  Tensor2Tensor's `get_ende_bleu.sh` compute it: Moses-tokenize hypothesis and reference (German rules, the
-  default escaping of `tokenizer.perl`, no aggressive hyphen splitting), split hyphenated compounds
-  (`rich-text` -> `rich ##AT##-##AT## text`) and score the result with multi-bleu semantics. Those scripts ran
-  `multi-bleu.perl` (Tensor2Tensor) or `fairseq-score` (fairseq), which both compute plain corpus BLEU on
-  whitespace-separated tokens: n-gram precisions up to 4, their geometric mean and the brevity penalty, and 0
-  when some order has no match. SacreBLEU with `tokenize='none'` and `smooth_method='none'` is that computation;
-  its default exponential smoothing would differ only when an n-gram order has no match at all.
+- `tokenized_bleu`: the "tokenized BLEU" of Transformer papers. Two procedures (`procedure`):
+  - "t2t" (the default): Tensor2Tensor's `get_ende_bleu.sh`, the script of the TensorFlow Transformer lineage the
+    authors' OpenSeq2Seq code comes from: `tokenizer.perl -l de` on hypothesis and reference (default escaping, no
+    `-a`, no punctuation normalisation), compounds split (`rich-text` -> `rich ##AT##-##AT## text`), then
+    `multi-bleu.perl`.
+  - "fairseq": fairseq's WMT14 pipeline, whose `compound_split_bleu.sh` scores text that `prepare-wmt14en2de.sh`
+    tokenized: `normalize-punctuation.perl -l de`, `remove-non-printing-char.perl`, `tokenizer.perl -a -l de`
+    (hyphens become `@-@`), the same compound split, then `fairseq-score`.
+  Tokenization is sacremoses' port of `tokenizer.perl`, made equal to the perl script where the port departs from
+  it: the script always splits the period off a sentence's last word ("split last words independently as they are
+  unlikely to be non-breaking prefixes"), while sacremoses keeps it when the word is a non-breaking prefix, such
+  as German's ordinals 1-99 ("Platz 3." stays one token) or "z.B.". `multi-bleu.perl` and `fairseq-score` both
+  compute plain corpus BLEU on whitespace-separated tokens: n-gram precisions up to 4, their geometric mean and
+  the brevity penalty, and 0 when some order has no match. SacreBLEU with `tokenize='none'` and
+  `smooth_method='none'` is that computation.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
+
+#: The tokenized-BLEU procedures `tokenized_bleu` and `bleu_statistics` offer (module docstring).
+TOKENIZED_BLEU_PROCEDURES = ("t2t", "fairseq")
 
 #: The compound-splitting rule of the scripts above, `s{(\S)-(\S)}{$1 ##AT##-##AT## $2}g`. Like sed and perl,
 #: re.sub replaces non-overlapping matches left to right, so `a-b-c` becomes `a ##AT##-##AT## b-c`.
@@ -50,19 +62,57 @@ def sacrebleu_score(hypotheses: Sequence[str], references: Sequence[str]) -> tup
     return score.score, str(bleu.get_signature())
 
 
-def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str], lang: str = "de") -> float:
+def tokenized_bleu(
+    hypotheses: Sequence[str], references: Sequence[str], lang: str = "de", procedure: str = "t2t"
+) -> float:
     """Tokenized, compound-split BLEU (0-100) of detokenized hypotheses and references (module docstring)."""
     _check_parallel(hypotheses, references)
-    tokenize = _moses_compound_split(lang)
+    tokenize = bleu_tokenizer(procedure, lang)
     bleu = _bleu(tokenized=True)
     return bleu.corpus_score([tokenize(h) for h in hypotheses], [[tokenize(r) for r in references]]).score
 
 
-def _moses_compound_split(lang: str) -> Callable[[str], str]:
+@lru_cache(maxsize=None)
+def bleu_tokenizer(procedure: str, lang: str = "de") -> Callable[[str], str]:
+    """Detokenized line -> the line tokenized BLEU scores, by `procedure` ("t2t" or "fairseq")."""
+    if procedure not in TOKENIZED_BLEU_PROCEDURES:
+        raise ValueError(f"tokenized BLEU procedure must be one of {TOKENIZED_BLEU_PROCEDURES}, got {procedure!r}")
+    tokenizer = _perl_moses_tokenizer()(lang=lang)
+    if procedure == "t2t":
+        return lambda line: split_compounds(tokenizer.tokenize(line, return_str=True, escape=True))
+    from sacremoses import MosesPunctNormalizer
+
+    normalizer = MosesPunctNormalizer(lang=lang)
+
+    def fairseq(line: str) -> str:
+        line = remove_non_printing_characters(normalizer.normalize(line))
+        return split_compounds(tokenizer.tokenize(line, return_str=True, escape=True, aggressive_dash_splits=True))
+
+    return fairseq
+
+
+def remove_non_printing_characters(text: str) -> str:
+    """`remove-non-printing-char.perl`: every character of Unicode category C (control, format, unassigned,
+    private use, surrogate) becomes a space."""
+    return "".join(" " if unicodedata.category(char).startswith("C") else char for char in text)
+
+
+@lru_cache(maxsize=1)
+def _perl_moses_tokenizer() -> type:
+    """sacremoses' MosesTokenizer with tokenizer.perl's rule for a sentence's last word (module docstring)."""
     from sacremoses import MosesTokenizer
 
-    tokenizer = MosesTokenizer(lang=lang)
-    return lambda line: split_compounds(tokenizer.tokenize(line, return_str=True, escape=True))
+    class PerlMosesTokenizer(MosesTokenizer):
+        def handles_nonbreaking_prefixes(self, text: str) -> str:
+            tokens = text.split()
+            if tokens and (last := _ENDS_WITH_PERIOD.match(tokens[-1])):
+                tokens[-1] = last.group(1) + " ."  # then no rule of the port can keep it whole
+            return super().handles_nonbreaking_prefixes(" ".join(tokens))
+
+    return PerlMosesTokenizer
+
+
+_ENDS_WITH_PERIOD = re.compile(r"^(\S+)\.$")
 
 
 def _bleu(tokenized: bool) -> Any:
@@ -77,12 +127,13 @@ def _bleu(tokenized: bool) -> Any:
 # `_compute_score_from_stats`, the two halves of `corpus_score`); tests/test_bleu.py holds them equal to it.
 
 def bleu_statistics(
-    hypotheses: Sequence[str], references: Sequence[str], tokenized: bool = False, lang: str = "de"
+    hypotheses: Sequence[str], references: Sequence[str], tokenized: bool = False, lang: str = "de",
+    procedure: str = "t2t",
 ) -> list[int]:
     """The summed BLEU statistics of these sentences, for `sacrebleu_score` or (`tokenized`) `tokenized_bleu`."""
     _check_parallel(hypotheses, references)
     if tokenized:
-        tokenize = _moses_compound_split(lang)
+        tokenize = bleu_tokenizer(procedure, lang)
         hypotheses, references = [tokenize(h) for h in hypotheses], [tokenize(r) for r in references]
     per_sentence = _bleu(tokenized)._extract_corpus_statistics(list(hypotheses), [list(references)])
     return [sum(column) for column in zip(*per_sentence)] if per_sentence else []

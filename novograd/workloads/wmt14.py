@@ -6,8 +6,10 @@ Batches: fairseq's `batch_by_size` made independent of the layout (`TokenBudgetP
 summed over target tokens; the engine divides by the step's target tokens, so accumulation normalises per token
 over the whole step.
 Evaluation: at every evaluation, loss and perplexity on newstest2013 (`valid_loss`, `valid_ppl`) and its BLEU
-(`valid_bleu`, on the first `bleu_max_sentences` sentences if set); at the end also newstest2014, the paper's
-columns: detokenized SacreBLEU (`sacrebleu`) and compound-split tokenized BLEU (`tokenized_bleu`). Hypotheses are
+(`valid_bleu`, on the first `bleu_max_sentences` sentences if set); at the end also newstest2014 in its two forms:
+the 2737-sentence set `sacrebleu -t wmt14 -l en-de` scores, which the authors translated and scored (the eval set
+`test`: `sacrebleu` and `tokenized_bleu`, the paper's columns), and the full 3003 sentences (`test_full`:
+`sacrebleu_full` and `tokenized_bleu_full`, the set of fairseq's and Tensor2Tensor's tokenized BLEU). Hypotheses are
 decoded by batched beam search (beam 4, GNMT length penalty 0.6) and written, in the order of the set, to
 `<output_dir>/hypotheses/<set>.txt` (the latest evaluation's), with its scores and SacreBLEU's signatures in
 `<set>.bleu.json`. BLEU is computed from statistics summed over batches and ranks,
@@ -32,12 +34,13 @@ from models.beam_search import beam_search
 from models.transformer import label_smoothed_nll_loss
 from novograd.engine import distributed
 from novograd.engine.plans import BatchPlan, TokenBudgetPlan
-from novograd.metrics.bleu import bleu_from_statistics, bleu_signature, bleu_statistics
+from novograd.metrics.bleu import bleu_from_statistics, bleu_signature, bleu_statistics, bleu_tokenizer
 from novograd.workload import Workload
 
 Batch = dict[str, Any]
-# The evaluation set whose BLEU is the paper's Table 7 (evaluated at the end of training), and its columns.
-TEST_SET = "test"
+# The evaluation sets decoded only at the end of training -> the suffix of their metric names. `test` is the
+# paper's Table 7 (sacrebleu, tokenized_bleu); `test_full` the full newstest2014 (sacrebleu_full, ...).
+FINAL_SETS = {"test": "", "test_full": "_full"}
 
 
 class Indexed(Dataset):
@@ -63,24 +66,29 @@ class WMT14Workload(Workload):
         label_smoothing: epsilon of the label-smoothed loss (0.1 [O]).
         beam_size, length_penalty, max_len_a, max_len_b: beam search (4, 0.6, 1, 50 [O]).
         bleu_max_sentences: decode only this many sentences of each set during training (None: all); the final
-            evaluation of the test set always decodes every sentence.
+            evaluation of the test sets always decodes every sentence.
+        tokenized_bleu: the tokenized-BLEU procedure, "t2t" (Tensor2Tensor's get_ende_bleu.sh, the default) or
+            "fairseq" (fairseq's WMT14 tokenization then compound_split_bleu.sh); novograd/metrics/bleu.py.
     """
 
     name = "wmt14"
-    metric_goals = {"valid_bleu": "max", "valid_loss": "min", "sacrebleu": "max", "tokenized_bleu": "max"}
+    metric_goals = {"valid_bleu": "max", "valid_loss": "min", "sacrebleu": "max", "tokenized_bleu": "max",
+                    "sacrebleu_full": "max", "tokenized_bleu_full": "max"}
     primary_metric = "valid_bleu"
     batch_is_a_count = False  # trainer.batch_size is a token budget per step (TokenBudgetPlan)
 
     def __init__(
         self, model: Mapping[str, Any], data: Mapping[str, Any], label_smoothing: float = 0.1, beam_size: int = 4,
         length_penalty: float = 0.6, max_len_a: float = 1.0, max_len_b: int = 50,
-        bleu_max_sentences: int | None = None,
+        bleu_max_sentences: int | None = None, tokenized_bleu: str = "t2t",
     ) -> None:
         self.model_cfg = model
         self.data_cfg = data
         self.label_smoothing = label_smoothing
         self.beam = {"beam_size": beam_size, "alpha": length_penalty, "max_len_a": max_len_a, "max_len_b": max_len_b}
         self.bleu_max_sentences = bleu_max_sentences
+        bleu_tokenizer(tokenized_bleu)  # an unknown procedure fails here, not at the end of training
+        self.tokenized_bleu = tokenized_bleu
         self._final = False
         self._stats: dict[str, Any] = {"nll": 0.0, "tokens": 0.0}
         self._hypotheses: list[tuple[int, str]] = []
@@ -133,7 +141,7 @@ class WMT14Workload(Workload):
 
     def begin_evaluation(self, eval_set: str, final: bool) -> bool:
         self._final, self._current_set, self._hypotheses = final, eval_set, []
-        return final or eval_set != TEST_SET  # the test set's BLEU is the paper's final number only
+        return final or eval_set not in FINAL_SETS  # the test sets' BLEU is the paper's final number only
 
     def eval_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         logits = model(batch["src"], batch["tgt_input"])
@@ -147,19 +155,21 @@ class WMT14Workload(Workload):
             references = [dataset.references[batch["indices"][row]] for row in rows]
             self._hypotheses += [(batch["indices"][row], text) for row, text in zip(rows, hypotheses)]
             for name, tokenized in (("bleu", False), ("tokenized_bleu", True)):
-                for position, value in enumerate(bleu_statistics(hypotheses, references, tokenized)):
+                statistics = bleu_statistics(hypotheses, references, tokenized, procedure=self.tokenized_bleu)
+                for position, value in enumerate(statistics):
                     stats[f"{name}_{position}"] = torch.tensor(float(value))
         return stats
 
     def eval_metrics(self, totals: dict[str, float], eval_set: str) -> dict[str, float]:
         metrics: dict[str, float] = {}
         nll = totals["nll"] / totals["tokens"]
-        prefix = "test" if eval_set == TEST_SET else eval_set
-        metrics |= {f"{prefix}_loss": nll, f"{prefix}_ppl": math.exp(min(nll, 50.0))}
+        metrics |= {f"{eval_set}_loss": nll, f"{eval_set}_ppl": math.exp(min(nll, 50.0))}
         bleu, tokenized = _statistics(totals, "bleu"), _statistics(totals, "tokenized_bleu")
         if bleu:
-            names = ("sacrebleu", "tokenized_bleu") if eval_set == TEST_SET else (f"{eval_set}_bleu",
-                                                                                  f"{eval_set}_tokenized_bleu")
+            if eval_set in FINAL_SETS:
+                names = (f"sacrebleu{FINAL_SETS[eval_set]}", f"tokenized_bleu{FINAL_SETS[eval_set]}")
+            else:
+                names = (f"{eval_set}_bleu", f"{eval_set}_tokenized_bleu")
             metrics[names[0]] = bleu_from_statistics(bleu)
             metrics[names[1]] = bleu_from_statistics(tokenized, tokenized=True)
         self._write_hypotheses(eval_set, metrics)
@@ -176,7 +186,8 @@ class WMT14Workload(Workload):
             directory.mkdir(parents=True, exist_ok=True)
             (directory / f"{eval_set}.txt").write_text("".join(text + "\n" for _, text in lines))
             record = {"sentences": len(lines), "metrics": metrics,
-                      "signature": bleu_signature(), "tokenized_signature": bleu_signature(tokenized=True)}
+                      "signature": bleu_signature(), "tokenized_signature": bleu_signature(tokenized=True),
+                      "tokenized_procedure": self.tokenized_bleu}
             (directory / f"{eval_set}.bleu.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
