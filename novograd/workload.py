@@ -43,6 +43,8 @@ class Workload(ABC):
     metric_goals: dict[str, Literal["max", "min"]] = {}
     #: The metric that decides the "best" checkpoint.
     primary_metric: str = ""
+    #: What the batch plan's `count` counts, for the throughput in the logs (`images`/s, `tokens`/s).
+    count_unit: str = "examples"
     #: Convolutional models run faster in channels-last memory format on GPUs (the engine converts model and inputs).
     channels_last: bool = False
     #: The run's output directory on the main rank (None on the others), set by the engine: where a workload may

@@ -69,6 +69,7 @@ class WMT14Workload(Workload):
     name = "wmt14"
     metric_goals = {"valid_bleu": "max", "valid_loss": "min", "sacrebleu": "max", "tokenized_bleu": "max"}
     primary_metric = "valid_bleu"
+    count_unit = "target tokens"
 
     def __init__(
         self, model: Mapping[str, Any], data: Mapping[str, Any], label_smoothing: float = 0.1, beam_size: int = 4,
