@@ -203,7 +203,7 @@ class Trainer:
         logger_cfg = cfg.logger
         wandb_settings = None
         if logger_cfg.backend == "wandb":
-            wandb_settings = {**OmegaConf.to_container(logger_cfg, resolve=True), "name": _run_name(cfg, self.workload)}  # type: ignore[dict-item]
+            wandb_settings = {**OmegaConf.to_container(logger_cfg, resolve=True), "name": _run_name(cfg, self.workload)}
         elif logger_cfg.backend != "none":
             raise ValueError(f"logger.backend must be wandb or none, got {logger_cfg.backend!r}.")
         self.logger = RunLogger(
@@ -350,18 +350,16 @@ class Trainer:
         self._segment_start = (progress.step, self._run_start)  # for the ETA
         self._last_checkpoint = (progress.step, time.monotonic())  # (step, time): a resumed run's is its start
         stop_reason = ""
-        try:
-            with PreemptionFlag() as preemption:
-                while progress.step < self.total_steps and not stop_reason:
-                    stop_reason = self._train_epoch(preemption)
-                if stop_reason:
-                    self._save_checkpoint()
-                elif progress.last_eval_step != progress.step:
-                    # Only reachable when a resumed run finds nothing left to train and no final evaluation yet.
-                    improved = self._evaluate(final=True)
-                    self._save_checkpoint(is_best=improved)
-        finally:
-            self.vote.close()
+        with PreemptionFlag() as preemption:
+            while progress.step < self.total_steps and not stop_reason:
+                stop_reason = self._train_epoch(preemption)
+            if stop_reason:
+                self._save_checkpoint()
+            elif progress.last_eval_step != progress.step:
+                # Only reachable when a resumed run finds nothing left to train and no final evaluation yet.
+                improved = self._evaluate(final=True)
+                self._save_checkpoint(is_best=improved)
+        self.vote.close()  # not after an exception: waiting on a rank that failed would hang this one
 
         summary = self._summary(stop_reason)
         if self.context.is_main and not stop_reason:
