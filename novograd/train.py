@@ -13,8 +13,9 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
+import novograd.engine  # noqa: F401  (registers the resolvers configs/config.yaml uses; torch is not imported)
 from novograd.engine.compose import settle_and_check
 from novograd.engine.config_checks import missing_launcher_plugin
 
@@ -22,27 +23,22 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")  # the repo
 
 log = logging.getLogger(__name__)
 
-# `${or_else:${hydra.runtime.choices.experiment},no_experiment}` in configs/config.yaml: a run directory name
-# for runs that choose no experiment (Hydra would print the missing choice as "None").
-OmegaConf.register_new_resolver("or_else", lambda value, default: default if value is None else value, replace=True)
-
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Any:
     """Train the configured experiment; returns the run's summary (final and best metrics)."""
     settle_and_check(cfg)  # the optimizer swap, the debug warmup and every check that needs no model or data
     from novograd.engine import run
-    from novograd.engine.output_dir import remove_empty_directories
+    from novograd.engine.output_dir import no_empty_directories_left
     from novograd.engine.preemption import hand_on_signal, record_outcome
 
     runtime = HydraConfig.get().runtime
     if cfg.get("experiment_name") is None and runtime.choices.get("debug") is None:  # a debug run reproduces no row
         with open_dict(cfg):
             cfg.experiment_name = runtime.choices.get("experiment")
-    if Path(runtime.output_dir).absolute() != Path(cfg.trainer.output_dir).absolute():
-        # Hydra made its run folder (results/runs/<experiment>/<time>/) before we could say the run goes elsewhere.
-        remove_empty_directories(Path(runtime.output_dir), stop_at=Path.cwd())
-    summary = run(cfg)
+    # Hydra made its run folder before the run could fail, or say that it goes elsewhere (trainer.output_dir).
+    with no_empty_directories_left([Path(runtime.output_dir), Path(cfg.trainer.output_dir)]):
+        summary = run(cfg)
     record_outcome(summary)  # for novograd.engine.launcher: the run ended cleanly
     hand_on_signal(summary)  # submitit's handler (launcher=slurm) requeues the job now that everything is written
     return summary

@@ -47,6 +47,8 @@ class Workload(ABC):
     #: `trainer.micro_batch_size` on every rank, so that it must be a whole multiple of micro-batch x ranks (checked
     #: before any work, novograd/engine/config_checks.py); False for a budget such as WMT14's tokens per step.
     batch_is_a_count: bool = True
+    #: What the batch plan's `count` counts, for the throughput in the logs (`images`/s, `tokens`/s).
+    count_unit: str = "examples"
     #: Convolutional models run faster in channels-last memory format on GPUs (the engine converts model and inputs).
     channels_last: bool = False
     #: The run's output directory on the main rank (None on the others), set by the engine: where a workload may

@@ -1,4 +1,5 @@
-"""Two ranks (torchrun, gloo) x micro-batches of 4 give the weights of one process with micro-batches of 8."""
+"""Two ranks (torchrun, gloo) x micro-batches of 4 give the weights of one process with micro-batches of 8, and
+agree through the deferred vote on time-based checkpoints (a disagreement would hang their checkpoint gather)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,15 @@ def test_two_ranks_match_one_process(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
         "-m", "novograd.train", *OVERRIDES, "trainer.micro_batch_size=4",
+        "trainer.checkpoint_every_minutes=1e-6", "trainer.keep_last_k=10",  # due at every step boundary
         f"trainer.output_dir={tmp_path / 'ddp'}",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "x 2 ranks" in result.stdout + result.stderr
+    assert result.stdout.count("Finished 3/3 steps") == 1  # rank 0 alone prints
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").glob("step_*")) == [
+        f"step_{step:08d}.pt" for step in (1, 2, 3)]
 
     single = torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=False)
     ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)

@@ -11,7 +11,7 @@ last.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +19,6 @@ from torch import nn
 
 if TYPE_CHECKING:
     from novograd.engine.precision import Precision
-    from novograd.workload import Workload
 
 
 def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) -> int:
@@ -44,7 +43,7 @@ def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) 
 
 def accumulate_gradients(
     model: nn.Module,
-    workload: Workload,
+    loss: Callable[[nn.Module, Any], torch.Tensor],
     micro_batches: Iterator[Any],
     num_micro_batches: int,
     global_count: float,
@@ -55,6 +54,8 @@ def accumulate_gradients(
     never held in memory at once); returns this rank's summed loss (detached).
 
     `model` is the DDP-wrapped (or bare) module; its gradients hold the global-batch mean gradient on return.
+    `loss(model, batch)` is the workload's summed loss (`Workload.loss`): accumulation needs nothing else of the
+    workload, so this module stays below `novograd.workload` (whose batch plans use `accumulation_steps`).
     """
     scale = world_size / global_count
     loss_total = torch.zeros((), device=_first_param_device(model))
@@ -64,7 +65,7 @@ def accumulate_gradients(
         sync = contextlib.nullcontext() if index == last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with precision.autocast():
-                loss_sum = workload.loss(model, batch)
+                loss_sum = loss(model, batch)
             precision.backward(loss_sum.float() * scale)
         loss_total += loss_sum.detach().float()
     return loss_total

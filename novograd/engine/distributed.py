@@ -112,3 +112,46 @@ def gather_objects(obj: Any) -> list[Any]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+class DeferredVote:
+    """A vote of all ranks on a few integer flags (the maximum over ranks), cast at one step boundary and read at
+    the next, so that it never waits for the device.
+
+    The flags (a preemption signal's number, a checkpoint due by time) live on the host; an all-reduce of them on
+    the training device would make the host wait for the device's queue every step. The vote goes through a gloo
+    (CPU) group of its own, asynchronously: `cast` starts the all-reduce, and `result`, one step later, waits for it,
+    by then long done. Every rank casts at the same boundaries and reads the same result at the same later
+    boundary, so all ranks act on the same step. Alone, the result is the previous cast's flags: the same one-step
+    delay whatever the world size.
+    """
+
+    def __init__(self, num_flags: int) -> None:
+        self.num_flags = num_flags
+        # A collective: every rank creates the group at the same point (the trainer's construction).
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        self._pending: tuple[torch.Tensor, Any] | None = None
+
+    def cast(self, flags: list[int]) -> None:
+        """Start the vote on this rank's `flags` (the previous vote must have been read)."""
+        assert self._pending is None, "read the previous vote before casting the next"
+        tensor = torch.tensor(flags, dtype=torch.int64)
+        work = dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.group, async_op=True) if self.group else None
+        self._pending = (tensor, work)
+
+    def result(self) -> list[int]:
+        """The maximum over ranks of each flag of the last cast (zeros when nothing was cast); clears it."""
+        if self._pending is None:
+            return [0] * self.num_flags
+        tensor, work = self._pending
+        self._pending = None
+        if work is not None:
+            work.wait()
+        return tensor.tolist()
+
+    def close(self) -> None:
+        """Finish an outstanding vote (no collective may be in flight when the process group is destroyed)."""
+        self.result()
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
+            self.group = None

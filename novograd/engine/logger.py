@@ -1,4 +1,8 @@
-"""Run records on rank 0: `metrics.jsonl` (always), Weights & Biases (unless `logger=none`), a progress bar.
+"""Run records on rank 0: `metrics.jsonl` (always), Weights & Biases (unless `logger=none`), the console.
+
+The console gets, every `trainer.log_every_steps`, either a tqdm bar (on a terminal with `trainer.progress_bar`)
+or one plain line (`TrainingStatus.line`: step/total, loss, lr, throughput, elapsed, ETA), which a SLURM log file
+holds without carriage returns; every run ends with one `summary_line`.
 
 W&B runs offline when no API key is configured (or when WANDB_MODE says so) and prints the `wandb sync` command
 that uploads every segment of the run; the run id lives in the checkpoint so a resumed run continues the same W&B
@@ -6,7 +10,9 @@ run.
 
 A W&B run is laid out for comparing the optimizers of a paper table in the dashboard:
 - `group` is the paper table (`table5`; `logger.group`, else the table of `experiment_name`) and `job_type` the
-  optimizer, so grouping the runs by group, then by job type, gives the paper's layout;
+  optimizer, so grouping the runs by group, then by job type, gives the paper's layout; a debug run
+  (`debug=smoke`, ...) is tagged `debug` and grouped apart (`debug-smoke-table5`), so it is never averaged with
+  the paper's runs;
 - the config holds the resolved config as `config.yaml` does (nested: the dashboard shows `optimizer.lr`, and the
   report's row matching reads it back), plus flat keys for the usual filters (`dashboard_config`), among them
   the world size, which the config does not hold;
@@ -23,6 +29,7 @@ import netrc
 import os
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,7 +94,65 @@ def dashboard_config(run_config: dict[str, Any], total_steps: int, world_size: i
         "precision": trainer.get("precision"),
         "world_size": world_size,
         "seed": run_config.get("seed"),
+        "debug_mode": run_config.get("debug_mode"),
     }
+
+
+def wandb_group_and_tags(settings: dict[str, Any], dashboard: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """The run's W&B group (`logger.group`, else the paper table) and tags (`logger.tags`); a debug run's group is
+    `debug-<mode>[-<group>]` and its tags add `debug` and `debug=<mode>`."""
+    group = settings.get("group") or dashboard["table"]
+    tags = list(settings.get("tags") or [])
+    mode = dashboard.get("debug_mode")
+    if mode:
+        group = "-".join(filter(None, ["debug", mode, group]))
+        tags += [tag for tag in ("debug", f"debug={mode}") if tag not in tags]
+    return group, tags
+
+
+def _duration(seconds: float) -> str:
+    """`1:02:03` (hours unbounded), `0:00:05`."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+@dataclass(frozen=True)
+class TrainingStatus:
+    """Where training stands at a log step, for the console."""
+
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    throughput: float  # `unit` per second of training (evaluation and checkpoints left out)
+    unit: str
+    elapsed_s: float  # the run's wall time so far, over all its segments
+    eta_s: float
+
+    def line(self) -> str:
+        """e.g. `step 200/5000 | loss 3.4521 | lr 0.00699 | 2,014 images/s | elapsed 0:03:10 | ETA 1:16:05`."""
+        return (
+            f"step {self.step}/{self.total_steps} | loss {self.loss:.4f} | lr {self.lr:.3g} | "
+            f"{self.throughput:,.0f} {self.unit}/s | elapsed {_duration(self.elapsed_s)} | ETA {_duration(self.eta_s)}"
+        )
+
+    def postfix(self) -> dict[str, str]:
+        """What the progress bar shows beside its own rate and ETA."""
+        return {"loss": f"{self.loss:.4f}", "lr": f"{self.lr:.3g}", f"{self.unit}/s": f"{self.throughput:.0f}"}
+
+
+_BOOKKEEPING = ("steps", "epochs", "wall_time_s", "world_size", "output_dir", "preempted", "stop_reason")
+
+
+def summary_line(summary: dict[str, Any], total_steps: int | None = None) -> str:
+    """The one line that ends a run: how it ended, its final metrics, wall time and output directory."""
+    metrics = ", ".join(
+        f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in summary.items() if key not in _BOOKKEEPING
+    ) or "no evaluation"
+    steps = f"{summary['steps']}/{total_steps}" if total_steps else str(summary["steps"])
+    ended = f"Stopped ({summary['stop_reason']}) at step {steps}" if summary.get("preempted") else f"Finished {steps} steps"
+    return f"{ended}: {metrics} | wall time {_duration(summary['wall_time_s'])} | output {summary['output_dir']}"
 
 
 def optimizer_name(optimizer: dict[str, Any]) -> str:
@@ -129,7 +194,7 @@ class RunLogger:
             wandb_config = run_config | dashboard_config(run_config, total_steps, _world_size())
             self.wandb_run = self._start_wandb(output_dir, wandb_settings, metric_goals, wandb_config, run_id)
             self.run_id = self.wandb_run.id
-        if show_progress:
+        if show_progress and sys.stdout.isatty():  # a bar's carriage returns do not belong in a log file
             from tqdm import tqdm
 
             self.progress = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stdout)
@@ -145,13 +210,14 @@ class RunLogger:
         import wandb
 
         mode = resolve_wandb_mode(settings.get("mode"))
+        group, tags = wandb_group_and_tags(settings, run_config)
         run = wandb.init(
             project=settings["project"],
             entity=settings.get("entity"),
-            group=settings.get("group") or run_config["table"],
+            group=group,
             job_type=run_config["optimizer_name"],
             name=settings["name"],
-            tags=list(settings.get("tags") or []),
+            tags=tags,
             notes=settings.get("notes"),
             config=run_config,
             dir=str(output_dir),
@@ -174,11 +240,15 @@ class RunLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({STEP_METRIC: step, **metrics})
 
-    def advance(self, steps: int, postfix: dict[str, str]) -> None:
-        """Move the progress bar (ETA comes from its rate) and show the latest loss, lr and throughput."""
+    def advance(self, steps: int, status: TrainingStatus) -> None:
+        """After `steps` more steps: move the progress bar, or print the status as one plain line."""
+        if not self.enabled:
+            return
         if self.progress is not None:
-            self.progress.set_postfix(postfix, refresh=False)
+            self.progress.set_postfix(status.postfix(), refresh=False)
             self.progress.update(steps)
+        else:
+            log.info(status.line())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if not self.enabled:

@@ -3,7 +3,8 @@
 SLURM sends SIGTERM (or the `--signal` of the job, often SIGUSR1) before it kills a job; the launcher
 (`novograd.engine.launcher`, torchrun underneath) forwards both to its workers. The handler only sets a flag:
 checkpointing inside a signal handler could interrupt a collective or a half-written step. Ranks agree on stopping
-through the per-step all-reduce of the trainer.
+through the trainer's vote (`distributed.DeferredVote`): cast at one step boundary, read at the next, so every rank
+stops after the same step, at most two steps after the signal.
 
 When the signal had a Python handler before (submitit's, which requeues a SLURM job under `launcher=slurm`),
 `hand_on_signal` delivers the signal to it once the run has ended: after the checkpoint, the last metrics and the
@@ -31,12 +32,18 @@ class PreemptionFlag:
     """Context manager that turns preemption signals into `requested = True` and restores the old handlers."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
+        self.signal_number = 0  # of the last preemption signal received; 0: none
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number != 0
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signal_number).name if self.signal_number else ""
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        self.signal_number = signum
 
     def __enter__(self) -> PreemptionFlag:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in PREEMPTION_SIGNALS}
@@ -47,13 +54,13 @@ class PreemptionFlag:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
-def resume_instructions(stop_reason: str, step: int, total_steps: int, checkpoint: Path, output_dir: Path) -> str:
-    """What to run next after a stop: a planned `trainer.stop_at_step` would stop again at once if repeated."""
+def resume_instructions(stop_reason: str, step: int, total_steps: int, checkpoint: Path) -> str:
+    """What to run next after a stop. The same command finds the same output directory (its name leaves
+    `trainer.stop_at_step` out), but a planned stop would stop again at once if repeated."""
     if stop_reason.startswith("trainer.stop_at_step"):
-        how = (f"re-run the command without trainer.stop_at_step (or with a later step) and with "
-               f"trainer.output_dir={output_dir}")
+        how = "re-run the command without trainer.stop_at_step (or with a later step)"
     else:
-        how = f"re-run the same command with trainer.output_dir={output_dir}"
+        how = "re-run the same command"
     return f"Stopped by {stop_reason} at step {step}/{total_steps}; checkpoint {checkpoint}. To resume, {how}."
 
 

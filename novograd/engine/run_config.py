@@ -42,6 +42,7 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "trainer.eval_every_epochs": "when the model is evaluated",
     "trainer.eval_micro_batch_size": "evaluation batches: sums over the whole set, in eval mode",
     "trainer.checkpoint_every_steps": "when checkpoints are written",
+    "trainer.checkpoint_every_minutes": "when checkpoints are written",
     "trainer.keep_last_k": "which checkpoints are kept",
     "trainer.progress_bar": "what the terminal shows",
     "trainer.stop_at_step": "where this process stops; the schedule spans the whole run",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,11 +25,11 @@ from novograd.engine.batches import to_device
 from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
-from novograd.engine.logger import RunLogger
+from novograd.engine.logger import RunLogger, TrainingStatus, summary_line
 from novograd.engine.output_dir import ensure_writable_output_dir
 from novograd.engine.precision import Precision, enable_tf32
 from novograd.engine.preemption import PreemptionFlag, resume_instructions
-from novograd.engine.run_config import CONFIG_FILE, SUMMARY_FILE, check_resume_config
+from novograd.engine.run_config import CONFIG_FILE, LAST_CHECKPOINT, SUMMARY_FILE, check_resume_config
 from novograd.engine.seeding import capture_rng_state, configure_determinism, restore_rng_state, seed_everything
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from novograd.workload import Workload
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -55,20 +55,43 @@ class Progress:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate as `cfg` says; returns the summary (`preempted: True` when stopped early)."""
+    """Train and evaluate as `cfg` says; returns the summary (`preempted: True` when stopped early). A run whose
+    output directory holds a finished run trains nothing and returns that run's summary."""
     owns_process_group = not torch.distributed.is_initialized()
     context = distributed.init_distributed(cfg.trainer.device)
     if not context.is_main:
         logging.getLogger("novograd").setLevel(logging.WARNING)  # one rank reports; the others only warn
     try:
-        return Trainer(cfg, context).fit()
+        output_dir = _resolve_output_dir(cfg.trainer.output_dir, context)
+        ensure_writable_output_dir(output_dir)  # before anything heavy: a clear error naming the key
+        check_resume_config(cfg, output_dir, context.is_main)  # a resume may only change bookkeeping
+        finished = distributed.broadcast_object(
+            _finished_summary(output_dir) if cfg.trainer.resume and context.is_main else None
+        )
+        if finished is not None:
+            log.info(
+                "This run already finished: %s. Nothing to train. To train the same settings again, add seed=<n> "
+                "or run_name=<name>, or give another trainer.output_dir.", output_dir / SUMMARY_FILE,
+            )
+            log.info(summary_line(finished))
+            return finished
+        return Trainer(cfg, context, output_dir).fit()
     finally:
         if owns_process_group:
             distributed.destroy_distributed()
 
 
+def _finished_summary(output_dir: Path) -> dict[str, Any] | None:
+    """The summary of the finished run in `output_dir` (its `summary.json` and final checkpoint), else None."""
+    summary_path = output_dir / SUMMARY_FILE
+    if not (summary_path.is_file() and (output_dir / LAST_CHECKPOINT).is_file()):
+        return None
+    return json.loads(summary_path.read_text())
+
+
 def _resolve_output_dir(configured: str, context: distributed.DistributedContext) -> Path:
-    """Rank 0's output directory for everyone: ranks that resolved a different timestamp drop their empty one."""
+    """Rank 0's output directory for everyone. The default name is a function of the command line, so ranks agree
+    anyway; a rank that resolved another one (another working directory) drops its empty folder."""
     mine = Path(configured).absolute()
     chosen = Path(distributed.broadcast_object(str(mine)))
     if mine != chosen and mine.is_dir() and not any(mine.iterdir()):
@@ -77,12 +100,14 @@ def _resolve_output_dir(configured: str, context: distributed.DistributedContext
 
 
 def _run_name(cfg: DictConfig, workload: Workload) -> str:
-    """e.g. `imagenet-novograd-lr0.007-wd0.002-b1024-100ep`: what differs between the rows of a paper table."""
+    """e.g. `imagenet-novograd-lr0.007-wd0.002-b1024-100ep`: what differs between the rows of a paper table
+    (and `-<run_name>` when the command gives one)."""
     optimizer = cfg.optimizer.get("name") or str(cfg.optimizer.get("_target_", "optimizer")).rsplit(".", 1)[-1]
     length = f"{cfg.trainer.max_steps}steps" if cfg.trainer.max_steps else f"{cfg.trainer.epochs}ep"
+    suffix = f"-{cfg.run_name}" if cfg.get("run_name") else ""
     return (
         f"{_workload_name(workload)}-{optimizer.lower()}-lr{cfg.optimizer.lr:g}-"
-        f"wd{cfg.optimizer.get('weight_decay', 0.0):g}-b{cfg.trainer.batch_size}-{length}"
+        f"wd{cfg.optimizer.get('weight_decay', 0.0):g}-b{cfg.trainer.batch_size}-{length}{suffix}"
     )
 
 
@@ -93,7 +118,8 @@ def _workload_name(workload: Workload) -> str:
 class Trainer:
     """One training job on this rank; build with the composed config, then `fit()`."""
 
-    def __init__(self, cfg: DictConfig, context: distributed.DistributedContext) -> None:
+    def __init__(self, cfg: DictConfig, context: distributed.DistributedContext, output_dir: Path) -> None:
+        """`output_dir`: the same on every rank, writable, and checked against the config (see `run`)."""
         from hydra.utils import instantiate
 
         from novograd.optim.factory import build_optimizer
@@ -102,9 +128,7 @@ class Trainer:
         self.cfg = cfg
         self.context = context
         trainer_cfg = cfg.trainer
-        self.output_dir = _resolve_output_dir(trainer_cfg.output_dir, context)
-        ensure_writable_output_dir(self.output_dir)  # before anything heavy: a clear error naming the key
-        check_resume_config(cfg, self.output_dir, context.is_main)  # a resume may only change bookkeeping
+        self.output_dir = output_dir
         configure_determinism(trainer_cfg.deterministic)
         if context.device.type == "cuda":
             enable_tf32()
@@ -164,7 +188,11 @@ class Trainer:
             log_steps=trainer_cfg.log_every_steps, eval_steps=trainer_cfg.eval_every_steps,
             eval_epochs=trainer_cfg.eval_every_epochs, checkpoint_steps=trainer_cfg.checkpoint_every_steps,
             stop_at_step=trainer_cfg.stop_at_step,
+            checkpoint_seconds=None if trainer_cfg.checkpoint_every_minutes is None
+            else 60.0 * trainer_cfg.checkpoint_every_minutes,
         )
+        # Preemption signals and time-based checkpoints are decided by all ranks together (a collective to create).
+        self.vote = distributed.DeferredVote(num_flags=2)
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer_cfg.keep_last_k)
         self.progress = Progress()
         self.wandb_run_id: str | None = None
@@ -214,10 +242,12 @@ class Trainer:
         }
 
     def _save_checkpoint(self, is_best: bool = False) -> None:
+        self.progress.elapsed_s = self._elapsed()
         state = self._state()
         if self.context.is_main:
             self.checkpoints.save(state, self.progress.step, is_best)
         distributed.barrier()
+        self._last_checkpoint = (self.progress.step, time.monotonic())
 
     def _restore(self, state: dict[str, Any] | None) -> None:
         if state is None:
@@ -243,7 +273,7 @@ class Trainer:
                 "The checkpoint was written by %d ranks, this run has %d: generator states start afresh.",
                 len(state["rng"]), self.context.world_size,
             )
-        log.info("Resumed from %s at step %d (epoch %d).", self.checkpoints.last_path, self.progress.step,
+        log.info("Resuming from step %d of %s (epoch %d).", self.progress.step, self.checkpoints.last_path,
                  self.progress.epoch)
 
     # ---------------------------------------------------------------------------------------------- evaluation
@@ -279,7 +309,7 @@ class Trainer:
     ) -> tuple[torch.Tensor, float]:
         """One optimizer step over this rank's micro-batches; returns (local loss sum, learning rate used)."""
         loss_sum = accumulate_gradients(
-            self.train_model, self.workload, micro_batches, num_micro_batches, global_count,
+            self.train_model, self.workload.loss, micro_batches, num_micro_batches, global_count,
             self.context.world_size, self.precision,
         )
         lr = self.optimizer.param_groups[0]["lr"]
@@ -288,32 +318,49 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, lr
 
-    def _stop_requested(self, preemption: PreemptionFlag) -> str:
-        """Whether any rank was asked to stop (a signal, or `trainer.stop_at_step`), agreed by all ranks so that
-        they stop at the same step boundary; the reason, or ''."""
-        stop_at_step = self.intervals.stop_at_step
-        planned = stop_at_step is not None and self.progress.step >= stop_at_step
-        votes = distributed.all_reduce_sum(
-            torch.tensor([preemption.requested or planned], dtype=torch.float64, device=self.context.device)
-        ).item()
-        return (preemption.signal_name or f"trainer.stop_at_step={stop_at_step}") if votes else ""
+    def _at_step_boundary(self, preemption: PreemptionFlag) -> str:
+        """Before each optimizer step: the planned stop, then what the ranks' vote of the previous boundary decided
+        (stop on a preemption signal; write a checkpoint due by time), then this boundary's vote. The reason to
+        stop, or ''.
+
+        `trainer.stop_at_step` is known to every rank and needs no vote. A signal or a due checkpoint is seen by
+        each rank on its own (signals reach the ranks at different moments, clocks differ); the vote cast here is
+        read at the next boundary, so every rank acts after the same step without a device sync (DeferredVote)."""
+        stop_at_step, progress = self.intervals.stop_at_step, self.progress
+        if stop_at_step is not None and progress.step >= stop_at_step:
+            return f"trainer.stop_at_step={stop_at_step}"
+        signal_number, checkpoint_due = self.vote.result()
+        if signal_number:
+            return signal.Signals(signal_number).name
+        if checkpoint_due and self._last_checkpoint[0] != progress.step:
+            pause_start = time.perf_counter()
+            minutes = (time.monotonic() - self._last_checkpoint[1]) / 60
+            self._save_checkpoint()
+            log.info("step %d: checkpoint (%.1f minutes after the previous one)", progress.step, minutes)
+            self._window.pause(time.perf_counter() - pause_start)
+        every_s = self.intervals.checkpoint_seconds
+        due = every_s is not None and time.monotonic() - self._last_checkpoint[1] >= every_s
+        self.vote.cast([preemption.signal_number, int(due)])
+        return ""
 
     def fit(self) -> dict[str, Any]:
         progress = self.progress
         self.train_model.train()
         self._window = _LogWindow(self.context.device)
         self._run_start, self._elapsed_before = time.perf_counter(), progress.elapsed_s
+        self._segment_start = (progress.step, self._run_start)  # for the ETA
+        self._last_checkpoint = (progress.step, time.monotonic())  # (step, time): a resumed run's is its start
         stop_reason = ""
         with PreemptionFlag() as preemption:
             while progress.step < self.total_steps and not stop_reason:
                 stop_reason = self._train_epoch(preemption)
-            progress.elapsed_s = self._elapsed()
             if stop_reason:
                 self._save_checkpoint()
             elif progress.last_eval_step != progress.step:
                 # Only reachable when a resumed run finds nothing left to train and no final evaluation yet.
                 improved = self._evaluate(final=True)
                 self._save_checkpoint(is_best=improved)
+        self.vote.close()  # not after an exception: waiting on a rank that failed would hang this one
 
         summary = self._summary(stop_reason)
         if self.context.is_main and not stop_reason:
@@ -321,9 +368,8 @@ class Trainer:
             self.logger.write_summary(summary)
         self.logger.close()
         if stop_reason and self.context.is_main:
-            log.warning(resume_instructions(
-                stop_reason, progress.step, self.total_steps, self.checkpoints.last_path, self.output_dir
-            ))
+            log.warning(resume_instructions(stop_reason, progress.step, self.total_steps, self.checkpoints.last_path))
+        log.info(summary_line(summary, self.total_steps))
         return summary
 
     def _train_epoch(self, preemption: PreemptionFlag) -> str:
@@ -338,7 +384,7 @@ class Trainer:
         for num_micro_batches, global_count in self.train_sampler.steps():
             if progress.step >= self.total_steps:
                 break
-            stop_reason = self._stop_requested(preemption)
+            stop_reason = self._at_step_boundary(preemption)
             if stop_reason:
                 return stop_reason
             loss_sum, lr = self._optimizer_step(micro_batches, num_micro_batches, global_count)
@@ -364,7 +410,6 @@ class Trainer:
         pause_start = time.perf_counter()
         improved = self._evaluate(final=is_last) if due_eval or is_last else False
         if due_eval or is_last or (every.checkpoint_steps and progress.step % every.checkpoint_steps == 0):
-            progress.elapsed_s = self._elapsed()
             self._save_checkpoint(is_best=improved)
         self._window.pause(time.perf_counter() - pause_start)  # throughput counts training time only
 
@@ -384,9 +429,13 @@ class Trainer:
         self.logger.log(progress.step, {
             "train/loss": mean_loss, "train/lr": lr, "train/throughput": throughput, "epoch": self._epoch_float(),
         } | skipped | {f"train/{name}": value for name, value in self.workload.train_metrics(sums).items()})
-        self.logger.advance(window.steps, {
-            "loss": f"{mean_loss:.4f}", "lr": f"{lr:.3g}", f"{self.plan.unit}/s": f"{throughput:.0f}"
-        })
+        segment_step, segment_time = self._segment_start
+        seconds_per_step = (time.perf_counter() - segment_time) / (progress.step - segment_step)  # with evaluations
+        self.logger.advance(window.steps, TrainingStatus(
+            step=progress.step, total_steps=self.total_steps, loss=mean_loss, lr=lr, throughput=throughput,
+            unit=self.workload.count_unit, elapsed_s=self._elapsed(),
+            eta_s=seconds_per_step * (self.total_steps - progress.step),
+        ))
         window.reset()
 
     def _summary(self, stop_reason: str) -> dict[str, Any]:
@@ -417,6 +466,7 @@ class _Intervals:
     eval_epochs: int | None
     checkpoint_steps: int | None
     stop_at_step: int | None
+    checkpoint_seconds: float | None  # wall time between checkpoints (trainer.checkpoint_every_minutes)
 
 
 class _LogWindow:

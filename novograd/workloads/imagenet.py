@@ -33,6 +33,7 @@ class ImageNetWorkload(Workload):
 
     metric_goals = {"top1": "max", "top5": "max"}
     primary_metric = "top1"
+    count_unit = "images"
     #: A convnet: on CUDA the engine stores the model and the image batches channels-last (faster convolutions).
     channels_last = True
 

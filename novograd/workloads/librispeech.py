@@ -48,6 +48,7 @@ class LibriSpeechWorkload(Workload):
         "wer_dev_clean": "min", "wer_dev_other": "min", "wer_test_clean": "min", "wer_test_other": "min",
     }
     primary_metric = "wer_dev_clean"
+    count_unit = "utterances"
 
     def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any]) -> None:
         self.model_cfg = model

@@ -109,6 +109,7 @@ class WikiText103Workload(Workload):
     name = "wikitext103"
     metric_goals = {"val_ppl": "min", "test_ppl": "min"}
     primary_metric = "val_ppl"
+    count_unit = "tokens"
 
     def __init__(self, model: Mapping[str, Any], data: Mapping[str, Any]) -> None:
         self.model_cfg = model

@@ -76,6 +76,7 @@ class WMT14Workload(Workload):
                     "sacrebleu_full": "max", "tokenized_bleu_full": "max"}
     primary_metric = "valid_bleu"
     batch_is_a_count = False  # trainer.batch_size is a token budget per step (TokenBudgetPlan)
+    count_unit = "target tokens"
 
     def __init__(
         self, model: Mapping[str, Any], data: Mapping[str, Any], label_smoothing: float = 0.1, beam_size: int = 4,
