@@ -22,7 +22,8 @@ synthetic twin call, so that tests read exactly the real format):
     corpus.json                     written last, so its presence marks a complete corpus: format version,
                                     vocabulary size, tokens per split, and where the text came from
 
-Cutting a split into the B parallel streams of Transformer-XL is the workload's job; `streams` is the authors' cut.
+Cutting a split into the B parallel streams of Transformer-XL is the workload's job; `streams` is the authors' cut,
+`roll_offsets` DeepLearningExamples' optional rotation of each stream per epoch.
 """
 
 from __future__ import annotations
@@ -353,3 +354,11 @@ def streams(tokens: np.ndarray | Sequence[int], num_streams: int) -> np.ndarray:
     if length == 0:
         raise ValueError(f"{len(tokens)} tokens cannot fill {num_streams} streams with a token each")
     return tokens[: num_streams * length].reshape(num_streams, length)
+
+
+def roll_offsets(seed: int, epoch: int, num_streams: int, stream_len: int) -> np.ndarray:
+    """How far each of `num_streams` streams of `stream_len` tokens is rotated in epoch `epoch` (DeepLearningExamples'
+    `roll`): uniform in [0, stream_len), a pure function of (seed, epoch), so every rank and every resumed run
+    draws the same. (DeepLearningExamples rotates the already rotated streams again each epoch, from seed + epoch;
+    a sum of uniform rotations is itself uniform, so only the particular offsets differ.)"""
+    return np.random.default_rng([seed, epoch]).integers(0, stream_len, size=num_streams)
