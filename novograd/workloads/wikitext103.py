@@ -3,8 +3,8 @@
 Training: the train token array is cut into `trainer.batch_size` contiguous streams (the authors' layout); step `s`
 takes window `s` (`model.tgt_len` tokens, plus the next one as target) of every stream (`StreamPlan`), each stream
 rotated by a random offset per epoch with `data.roll` (DeepLearningExamples). Each
-micro-batch is a fixed group of streams whose memory (the hidden states of its previous window, `model.mem_len`
-per layer) carries over to the next step, is reset at each epoch, and is saved in checkpoints per stream, so a
+micro-batch is a fixed group of streams whose memory (the inputs of every layer at the last `model.mem_len`
+positions) carries over to the next step, is reset at each epoch, and is saved in checkpoints per stream, so a
 resumed run continues bit-for-bit and a run resumed on another number of ranks re-groups the streams' memories.
 The loss is summed over tokens; the engine divides by all target tokens of the step.
 
