@@ -89,7 +89,7 @@ class _ProgressReader(io.RawIOBase):
         self.done = 0
         self.start = self.last_line = time.monotonic()
         self.bar = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and log is not _quiet:  # quiet callers (the synthetic twins) get no bar either
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, desc=description, unit="B", unit_scale=True, dynamic_ncols=True)

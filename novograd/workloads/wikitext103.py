@@ -166,7 +166,8 @@ class WikiText103Workload(Workload):
         corpus = load_corpus(root, vocab_size=data["vocab_size"])
         settings = data["eval"]
         # DeepLearningExamples' warm-up: whole evaluation windows covering the memory, read before scoring.
-        warm_up = math.ceil(settings["mem_len"] / settings["tgt_len"]) * settings["tgt_len"] if settings["warm_up"] else 0
+        windows = math.ceil(settings["mem_len"] / settings["tgt_len"]) if settings["warm_up"] else 0
+        warm_up = windows * settings["tgt_len"]
         eval_sets = {name: EvalStreams(corpus.split(name), settings["num_streams"], warm_up)
                      for name in data["eval_sets"]}
         return TrainStreams(corpus.split("train"), self.model_cfg["tgt_len"], roll=data["roll"]), eval_sets
