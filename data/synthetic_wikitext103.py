@@ -19,7 +19,7 @@ Two kinds, both over `vocab_size` symbols: `<eos>` and the words `w01`, `w02`, .
   `theoretical_perplexities` computes both. With V = 64, D = 24, p = 0.9: 64 without the source, 2.074 with it,
   so a tiny Transformer-XL trained with tgt_len 16 and mem_len 32 can only reach a low perplexity through its
   memory. The first D tokens of each evaluation stream have no source in context and cost ln V, so a measured
-  perplexity sits slightly above the bound.
+  perplexity sits slightly above the bound (unless `data.eval.warm_up` reads the text before each stream first).
 
 The text is the token stream written with `<eos>` as line ends (so encoding it, which appends `<eos>` to each line,
 gives back the stream exactly); the last token of each split is forced to `<eos>` for that. The vocabulary that

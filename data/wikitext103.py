@@ -22,16 +22,21 @@ synthetic twin call, so that tests read exactly the real format):
     corpus.json                     written last, so its presence marks a complete corpus: format version,
                                     vocabulary size, tokens per split, and where the text came from
 
-Cutting a split into the B parallel streams of Transformer-XL is the workload's job; `streams` is the authors' cut.
+Cutting a split into the B parallel streams of Transformer-XL is the workload's job; `streams` is the authors' cut,
+`roll_offsets` DeepLearningExamples' optional rotation of each stream per epoch.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
+import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -55,16 +60,102 @@ PREPARE_HINT = (
 )
 
 
+#: Seconds between two progress lines of a long step when stderr is not a terminal (a log file, a batch job).
+PROGRESS_INTERVAL = 60.0
+
+
+def _quiet(message: str) -> None:
+    """The default `log`: say nothing."""
+
+
+class TextDecodeError(ValueError):
+    """A text file that is not UTF-8; `path` is the file, the message names the line and the byte."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class _ProgressReader(io.RawIOBase):
+    """A binary file that reports how many bytes have been read: a tqdm bar when stderr is a terminal, otherwise
+    a `log` line every `PROGRESS_INTERVAL` seconds (MB read of the total, rate), so a batch log shows the step is
+    alive (reading the 515 MB training text takes minutes)."""
+
+    def __init__(self, path: Path, description: str, log: Callable[[str], None]) -> None:
+        super().__init__()
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self.description, self.log = description, log
+        self.total = os.fstat(self.file.fileno()).st_size
+        self.done = 0
+        self.start = self.last_line = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty() and log is not _quiet:  # quiet callers (the synthetic twins) get no bar either
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=description, unit="B", unit_scale=True, dynamic_ncols=True)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+        count = self.file.readinto(buffer) or 0
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif time.monotonic() - self.last_line >= PROGRESS_INTERVAL:
+            self.last_line = time.monotonic()
+            rate = self.done / 1e6 / max(self.last_line - self.start, 1e-9)
+            self.log(f"{self.description}: {self.done / 1e6:.0f} of {self.total / 1e6:.0f} MB, {rate:.1f} MB/s")
+        return count
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+        super().close()
+
+
+@contextmanager
+def read_text(path: str | os.PathLike[str], description: str, log: Callable[[str], None]) -> Iterator[Iterable[str]]:
+    """The lines of a UTF-8 text file as Python's text mode iterates them (universal newlines, as the authors'
+    `open(path, 'r')`), with progress (`_ProgressReader`). A byte that is not UTF-8 raises `TextDecodeError`
+    naming the file, the line (counted in \\n-terminated lines, as an editor shows them) and the byte."""
+    path = Path(path)
+    with io.TextIOWrapper(io.BufferedReader(_ProgressReader(path, description, log), 2**20), encoding="utf-8") as text:
+        try:
+            yield text
+        except UnicodeDecodeError as error:
+            # Text mode decodes whole chunks ahead of the lines it returns, so the line is found again here.
+            raise TextDecodeError(path, _locate_bad_utf8(path, error)) from None
+
+
+def _locate_bad_utf8(path: Path, error: UnicodeDecodeError) -> str:
+    """Where the first non-UTF-8 byte of `path` is, and what to do about it."""
+    with open(path, "rb") as binary:
+        for line_number, raw in enumerate(binary, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                where = f"line {line_number}, byte {bad.start + 1} of the line (0x{raw[bad.start]:02x})"
+                break
+        else:  # not reached for a file that failed to decode, but say what the decoder said rather than nothing
+            where = f"{error}"
+    return (
+        f"{path}, {where}: not UTF-8. WikiText-103's files are UTF-8 throughout, so this file is damaged or not "
+        "the official one: replace it with the official file (or download wikitext-103-v1.zip again) and run again."
+    )
+
+
 def line_symbols(line: str) -> list[str]:
     """The tokens of one line of text: its whitespace-separated words, then `<eos>`."""
     return [*line.split(), EOS]
 
 
-def count_words(path: str | os.PathLike[str]) -> Counter[str]:
+def count_words(path: str | os.PathLike[str], log: Callable[[str], None] = _quiet) -> Counter[str]:
     """Occurrences of each word of a text file, `<eos>` not counted, in first-occurrence order."""
     counts: Counter[str] = Counter()
-    with open(path, encoding="utf-8") as text:
-        for line in text:
+    with read_text(path, f"counting {Path(path).name}", log) as lines:
+        for line in lines:
             counts.update(line.split())
     return counts
 
@@ -74,13 +165,15 @@ def build_vocab(counts: Counter[str]) -> list[str]:
     return [EOS, *(word for word, _ in counts.most_common() if word != EOS)]
 
 
-def encode_file(path: str | os.PathLike[str], word_to_id: Mapping[str, int]) -> np.ndarray:
+def encode_file(
+    path: str | os.PathLike[str], word_to_id: Mapping[str, int], log: Callable[[str], None] = _quiet
+) -> np.ndarray:
     """The ids of every line's tokens (`line_symbols`), concatenated into one flat int32 array."""
     eos_id = word_to_id[EOS]
     ids = array("i")  # a C int: 4 compact bytes per token, where a list of Python ints would take 8 plus the int
     assert ids.itemsize == 4, "array('i') must hold 32-bit integers"
-    with open(path, encoding="utf-8") as text:
-        for line_number, line in enumerate(text, start=1):
+    with read_text(path, f"encoding {Path(path).name}", log) as lines:
+        for line_number, line in enumerate(lines, start=1):
             try:
                 ids.extend([word_to_id[word] for word in line.split()])
             except KeyError as error:
@@ -112,7 +205,11 @@ def write_corpus(
         expected_vocab_size: if given, a vocabulary of another size is an error (and is not written): the
             training text is not what it was meant to be.
         source: where the text came from, recorded in corpus.json.
-        log: called with a line of progress for each step.
+        log: called with a line for each step, and with progress lines inside the long ones (see `read_text`).
+
+    Raises:
+        TextDecodeError: a text file is not UTF-8 (it names the file, line and byte).
+        ValueError: another problem with the text, named; nothing is marked complete and finished files stay.
     """
     missing = [split for split in SPLITS if split not in text_files]
     if missing:
@@ -129,7 +226,7 @@ def write_corpus(
         log(f"vocabulary: {len(vocab)} words, kept from {vocab_path}")
     else:
         log(f"vocabulary: counting {text_files['train']}")
-        vocab = build_vocab(count_words(text_files["train"]))
+        vocab = build_vocab(count_words(text_files["train"], log))
     if expected_vocab_size is not None and len(vocab) != expected_vocab_size:
         raise ValueError(
             f"the vocabulary of {text_files['train']} has {len(vocab)} words (with <eos>), expected "
@@ -148,7 +245,7 @@ def write_corpus(
             num_tokens[split] = len(np.load(split_path, mmap_mode="r"))
             log(f"{split}: {num_tokens[split]} tokens, kept from {split_path}")
             continue
-        ids = encode_file(text_files[split], word_to_id)
+        ids = encode_file(text_files[split], word_to_id, log)
         _write_atomically(split_path, lambda file, ids=ids: np.save(file, ids, allow_pickle=False))
         num_tokens[split] = len(ids)
         log(f"{split}: {num_tokens[split]} tokens written to {split_path}")
@@ -257,3 +354,11 @@ def streams(tokens: np.ndarray | Sequence[int], num_streams: int) -> np.ndarray:
     if length == 0:
         raise ValueError(f"{len(tokens)} tokens cannot fill {num_streams} streams with a token each")
     return tokens[: num_streams * length].reshape(num_streams, length)
+
+
+def roll_offsets(seed: int, epoch: int, num_streams: int, stream_len: int) -> np.ndarray:
+    """How far each of `num_streams` streams of `stream_len` tokens is rotated in epoch `epoch` (DeepLearningExamples'
+    `roll`): uniform in [0, stream_len), a pure function of (seed, epoch), so every rank and every resumed run
+    draws the same. (DeepLearningExamples rotates the already rotated streams again each epoch, from seed + epoch;
+    a sum of uniform rotations is itself uniform, so only the particular offsets differ.)"""
+    return np.random.default_rng([seed, epoch]).integers(0, stream_len, size=num_streams)

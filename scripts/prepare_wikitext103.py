@@ -18,8 +18,16 @@ Sources of the text:
 The real training text must give a vocabulary of 267,735 words; the check applies when the source is the hub or
 the training text is full size (over 100 MiB; the official file is about 515 MiB), or with --expected-vocab-size.
 
-Safe to re-run: finished files are kept (each is written under a temporary name and renamed when complete), so an
-interrupted run picks up where it stopped, and a finished corpus is left alone.
+What is checked, each failure a message that names the file and says what to do: the zip must be a readable zip
+archive holding the three members (a truncated download is reported as damaged), each member's CRC-32 as it is
+extracted, every line of every text is UTF-8 (the file, the zip member and the line are named), every word of the
+validation and test text occurs in the training text, and the vocabulary size. Progress: a line per step, and in
+the long ones (counting and encoding 100M+ tokens) a tqdm bar on a terminal, otherwise a line a minute.
+
+Safe to re-run: finished files are kept (each is written under a temporary name and renamed when complete; an
+extracted file only while its size and CRC-32 match the zip's member), so an interrupted or failed run picks up
+where it stopped, after a fix, and a finished corpus (its corpus.json) is left alone. Nothing is marked complete
+on failure.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import os
 import shutil
 import sys
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,6 +48,7 @@ from data.wikitext103 import (  # noqa: E402
     SPLITS,
     TEXT_FILES,
     WIKITEXT103_VOCAB_SIZE,
+    TextDecodeError,
     write_corpus,
 )
 
@@ -46,6 +56,7 @@ HUB_DATASET = "Salesforce/wikitext"
 HUB_CONFIG = "wikitext-103-v1"
 HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 OFFICIAL_ZIP = "wikitext-103-v1.zip"
+OFFICIAL_URL = "https://wikitext.smerity.com/wikitext-103-v1.zip"
 TEXT_FOLDER = "wikitext-103"  # the folder inside the official zip, and where the text is written under --root
 FULL_SIZE_BYTES = 100 * 2**20
 
@@ -92,9 +103,18 @@ def text_from_hub(output_dir: Path) -> dict[str, Path]:
 
 
 def text_from_zip(zip_path: Path, output_dir: Path) -> dict[str, Path]:
-    """Extract the three `wiki.*.tokens` files of the official zip into `output_dir`; complete ones are kept."""
+    """Extract the three `wiki.*.tokens` files of the official zip into `output_dir`.
+
+    A file already extracted is kept when its size and CRC-32 equal its member's, so an interrupted run redoes only
+    what it had not finished and a replaced archive is extracted again. Each member's CRC is checked as it is read
+    (zipfile does so); a damaged archive or member stops the run with its name, and files already extracted stay.
+    """
     paths = {}
-    with zipfile.ZipFile(zip_path) as archive:
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise SystemExit(damaged_zip(zip_path, f"it is not a readable zip archive ({error})")) from None
+    with archive:
         for split in SPLITS:
             member = f"{TEXT_FOLDER}/{TEXT_FILES[split]}"
             try:
@@ -102,18 +122,40 @@ def text_from_zip(zip_path: Path, output_dir: Path) -> dict[str, Path]:
             except KeyError:
                 raise SystemExit(f"prepare_wikitext103: {zip_path} has no {member}; is it {OFFICIAL_ZIP}?") from None
             paths[split] = output_dir / TEXT_FILES[split]
-            if paths[split].is_file() and paths[split].stat().st_size == info.file_size:
+            if paths[split].is_file() and same_content(paths[split], info):
                 continue
             output_dir.mkdir(parents=True, exist_ok=True)
             partial = output_dir / f".{TEXT_FILES[split]}.{os.getpid()}.partial"
+            print(f"{split}: extracting {member} ({info.file_size / 1e6:.0f} MB)", flush=True)
             try:
                 with archive.open(info) as packed, open(partial, "wb") as unpacked:
                     shutil.copyfileobj(packed, unpacked, length=2**22)
                 os.replace(partial, paths[split])
+            except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+                raise SystemExit(damaged_zip(zip_path, f"its member {member} cannot be read ({error})")) from None
             finally:
                 partial.unlink(missing_ok=True)
             print(f"{split}: extracted {member} to {paths[split]}")
     return paths
+
+
+def damaged_zip(zip_path: Path, problem: str) -> str:
+    return (
+        f"prepare_wikitext103: {zip_path} is damaged: {problem}. The download is probably truncated or corrupted "
+        f"(the official {OFFICIAL_ZIP} is about 190 MB): download it again from {OFFICIAL_URL} and run again; "
+        "files already prepared are kept."
+    )
+
+
+def same_content(path: Path, info: zipfile.ZipInfo) -> bool:
+    """Whether `path` holds exactly the member `info` describes (its size and CRC-32)."""
+    if path.stat().st_size != info.file_size:
+        return False
+    crc = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(2**22):
+            crc = zlib.crc32(chunk, crc)
+    return crc == info.CRC
 
 
 def text_in_folder(folder: Path) -> dict[str, Path] | None:
@@ -130,19 +172,26 @@ def text_files(source: str, root: Path) -> dict[str, Path]:
     if source == "hub":
         return text_from_hub(root / TEXT_FOLDER)
     path = Path(source).expanduser()
-    if path.is_file() and zipfile.is_zipfile(path):
-        return text_from_zip(path, root / TEXT_FOLDER)
-    if path.is_dir():
-        found = text_in_folder(path)
-        if found is not None:
-            return found
-        if (path / OFFICIAL_ZIP).is_file():
-            return text_from_zip(path / OFFICIAL_ZIP, root / TEXT_FOLDER)
+    archive = official_zip(path)
+    if archive is not None:
+        return text_from_zip(archive, root / TEXT_FOLDER)
+    if path.is_dir() and (found := text_in_folder(path)) is not None:
+        return found
     names = ", ".join(TEXT_FILES.values())
     raise SystemExit(
         f"prepare_wikitext103: no WikiText-103 text in {path}: expected {OFFICIAL_ZIP}, or the extracted {names} "
         f"(directly or in {TEXT_FOLDER}/). Use --source hub to fetch it from the datasets hub when online."
     )
+
+
+def official_zip(path: Path) -> Path | None:
+    """The zip a `--source` path means: the file itself (whatever it holds: one that is not a readable zip is
+    reported as damaged, not as missing), or the official zip in a folder without extracted text."""
+    if path.is_file():
+        return path
+    if path.is_dir() and text_in_folder(path) is None and (path / OFFICIAL_ZIP).is_file():
+        return path / OFFICIAL_ZIP
+    return None
 
 
 def expected_vocab_size(requested: int | None, source: str, train_text: Path) -> int | None:
@@ -152,6 +201,10 @@ def expected_vocab_size(requested: int | None, source: str, train_text: Path) ->
     if source == "hub" or train_text.stat().st_size >= FULL_SIZE_BYTES:
         return WIKITEXT103_VOCAB_SIZE
     return None
+
+
+def log(message: str) -> None:
+    print(message, flush=True)  # flushed: a batch job's log shows each step as it happens
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,9 +221,16 @@ def main(argv: list[str] | None = None) -> None:
     expected = expected_vocab_size(args.expected_vocab_size, args.source, files["train"])
     source = args.source if args.source == "hub" else str(Path(args.source).expanduser().resolve())
     try:
-        corpus_root = write_corpus(files, root, expected_vocab_size=expected, source=source, log=print)
+        corpus_root = write_corpus(files, root, expected_vocab_size=expected, source=source, log=log)
+    except TextDecodeError as error:
+        archive = None if args.source == "hub" else official_zip(Path(args.source).expanduser())
+        message = str(error)
+        if archive is not None:  # name the member as well as the file extracted from it
+            origin = f"{error.path} (extracted from member {TEXT_FOLDER}/{error.path.name} of {archive})"
+            message = message.replace(str(error.path), origin, 1)
+        raise SystemExit(f"prepare_wikitext103: {message}") from None
     except ValueError as error:
-        raise SystemExit(f"prepare_wikitext103: {error}") from error
+        raise SystemExit(f"prepare_wikitext103: {error}") from None
     print(f"done: {corpus_root}; train with WT103_ROOT={corpus_root} (or data.root={corpus_root})")
 
 

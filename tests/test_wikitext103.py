@@ -348,7 +348,8 @@ def test_config_holds_the_authors_settings(monkeypatch):
     assert data.root == "datasets/wikitext103" and data.vocab_size == WIKITEXT103_VOCAB_SIZE
     assert data.synthetic is None and list(data.eval_sets) == ["valid", "test"]
     assert dict(data.eval) == {"tgt_len": 64, "mem_len": 640, "clamp_len": 400, "same_length": True,
-                               "num_streams": 10}
+                               "num_streams": 10, "warm_up": False}
+    assert data.roll is False  # the paper's code base (kimiyoung, cybertronai) reads the same windows every epoch
     monkeypatch.setenv("WT103_ROOT", "/data/wt103")
     assert compose_config(["data=wikitext103"]).data.root == "/data/wt103"
 

@@ -40,6 +40,71 @@ def test_training_windows_follow_each_stream_in_order() -> None:
         streams.cut(num_streams=50)
 
 
+def test_warm_up_reads_the_tokens_before_each_stream_and_scores_the_same_ones() -> None:
+    tokens = np.arange(103, dtype=np.int32)
+    cold, warm = EvalStreams(tokens, num_streams=10), EvalStreams(tokens, num_streams=10, warm_up=8)
+    for stream in range(len(cold)):
+        _, cold_inputs, cold_targets = cold[stream]
+        _, inputs, targets = warm[stream]
+        assert torch.equal(targets[8:], cold_targets) and (targets[:8] == -1).all()  # read, not scored
+        assert torch.equal(inputs[8:], cold_inputs)
+        # The 8 tokens before the stream's first input; stream 0 wraps around to the set's end.
+        assert inputs[:8].tolist() == [(cold_inputs[0].item() - k) % 103 for k in range(8, 0, -1)]
+    batch = collate_streams([warm[i] for i in range(len(warm))])
+    assert sorted(batch["targets"][batch["targets"] >= 0].tolist()) == list(range(1, 103))
+
+
+def test_warm_up_covers_the_memory_in_whole_windows(tmp_path: Path) -> None:
+    from novograd.workloads.wikitext103 import WikiText103Workload
+
+    cfg = compose_config([*SMOKE, "data.eval.warm_up=true", "data.eval.tgt_len=16", "data.eval.mem_len=40"])
+    _, eval_sets = WikiText103Workload(cfg.model, cfg.data).build_datasets()
+    assert eval_sets["valid"].warm_up == 48  # 3 windows of 16 fill a memory of 40
+    cfg = compose_config(SMOKE)
+    assert WikiText103Workload(cfg.model, cfg.data).build_datasets()[1]["valid"].warm_up == 0
+
+
+def rolled_windows(epoch: int, seed: int = 0, roll: bool = True) -> np.ndarray:
+    """Every window of an epoch, as a (windows, streams, tgt_len + 1) array, from a fresh dataset (a rank or a
+    resumed process of its own)."""
+    streams = TrainStreams(np.arange(1000, dtype=np.int32), tgt_len=4, roll=roll)
+    streams.cut(num_streams=3, seed=seed)
+    streams.set_epoch(epoch)
+    samples = [streams[i] for i in range(len(streams))]
+    windows = np.array([torch.cat([inputs, targets[-1:]]).numpy() for _, inputs, targets in samples])
+    return windows.reshape(streams.num_windows, streams.num_streams, -1)
+
+
+def test_rolled_streams_change_each_epoch_and_depend_on_seed_and_epoch_only() -> None:
+    plain = rolled_windows(epoch=0, roll=False)
+    assert np.array_equal(rolled_windows(epoch=5, roll=False), plain)  # without roll every epoch is the same
+    first, second = rolled_windows(epoch=0), rolled_windows(epoch=1)
+    assert not np.array_equal(first, second) and not np.array_equal(first, plain)
+    assert np.array_equal(rolled_windows(epoch=1), second)  # another process (rank, resumed run): the same
+    assert not np.array_equal(rolled_windows(epoch=1, seed=1), second)
+    # Each stream is still its own 333 tokens, rotated: consecutive windows follow on, wrapping at its end.
+    for stream in range(3):
+        text = second[:, stream, :-1].reshape(-1)
+        own = np.arange(stream * 333, (stream + 1) * 333)
+        offset = int(np.flatnonzero(own == text[0])[0])
+        assert np.array_equal(text, np.roll(own, -offset)[: len(text)])
+        assert np.array_equal(second[:-1, stream, -1], second[1:, stream, 0])  # a window's target starts the next
+
+
+def test_resume_with_rolled_streams_continues_bit_for_bit_across_epochs(tmp_path: Path) -> None:
+    # 1,000 tokens in 8 streams: 7 windows of 16 an epoch, so the run stops and resumes inside the second epoch.
+    common = [*SMOKE, "data.roll=true", "data.synthetic.num_train_tokens=1000", "trainer.max_steps=9",
+              "trainer.eval_every_steps=null"]
+    run(compose_config(common, tmp_path / "straight"))
+    run(compose_config([*common, "trainer.stop_at_step=8"], tmp_path / "resumed"))
+    run(compose_config(common, tmp_path / "resumed"))
+    straight, resumed = checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "resumed")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for stream, memory in straight["workload"][0]["memory"].items():
+        assert torch.equal(memory, resumed["workload"][0]["memory"][stream]), stream
+
+
 def test_smoke_run_reports_perplexities_and_saves_each_streams_memory(tmp_path: Path) -> None:
     summary = run(compose_config(SMOKE, tmp_path))
     assert summary["val_ppl"] > 1 and summary["test_ppl"] > 1 and summary["steps"] == 4

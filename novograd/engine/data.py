@@ -100,7 +100,8 @@ class PerSampleSeeded(Dataset):
     loop's own randomness is untouched; DataLoader workers skip that, their global generators serve nothing else.
     Saving and restoring (about 50 us, mostly numpy's state) is done once per batch (`__getitems__`, which the
     DataLoader's fetcher calls) and only the seeding (a few us) once per sample; the seeds themselves are looked up
-    in a table computed once per epoch (in each process that loads).
+    in a table computed once per epoch (in each process that loads). A dataset with a `set_epoch(epoch)` method is
+    told the epoch of the keys it is about to read, in each process that loads, so samples may depend on it.
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
@@ -129,6 +130,8 @@ class PerSampleSeeded(Dataset):
     def _seeded_sample(self, epoch: int, index: int) -> Any:
         if epoch != self._seeds_epoch:
             self._seeds, self._seeds_epoch = sample_seeds(self.seed, epoch, len(self)), epoch
+            if hasattr(self.dataset, "set_epoch"):  # samples that depend on the epoch (rolled text streams)
+                self.dataset.set_epoch(epoch)
         seed = int(self._seeds[index])
         # The CPU generator only: transforms run on the CPU, and torch.manual_seed would also queue a lazy CUDA
         # seeding (with a captured stack trace) on every sample.
