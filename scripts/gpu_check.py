@@ -19,8 +19,8 @@ Sections, each in the same run and written to results/gpu/<device>.json and .md 
 6. estimate: every paper row's GPU-hours on 8 such GPUs, from the measured throughput and the row's total work.
 
 `--device cpu` runs every section at tiny sizes (tiny models, debug=smoke twins, few steps, compile off, the
-fused optimizer path left out) in about a minute: tests/test_gpu_check.py keeps the script working before a GPU is
-there. Those figures are a CPU's and say nothing about a GPU.
+fused optimizer path left out) in a few minutes on 2 cores; tests/test_gpu_check.py runs it for one model, and
+composes every model's GPU configuration, so that the script works before a GPU is there. Those figures are a CPU's and say nothing about a GPU.
 
     python scripts/gpu_check.py [--device cuda|cpu] [--output DIR] [--budget-s 450] [--compile off on]
 """
@@ -203,12 +203,13 @@ def training_overrides(key: str, device: torch.device, compile_model: bool, step
     # One GPU's share of the row's step on 8 GPUs: as many micro-batches as it accumulates there.
     accumulation = max(1, round(row.batch_size / (row.micro_batch_size * GPUS_PER_ROW)))
     overrides = [*common, "debug=fullsize", f"trainer.precision={row.precision}",
-                 f"trainer.micro_batch_size={unit_batch}", f"trainer.batch_size={unit_batch * accumulation}",
-                 "data.num_workers=8", "data.pin_memory=true"]
-    # Enough synthetic examples for a micro-batch of the row's size (the CPU twins hold one or two).
+                 f"trainer.micro_batch_size={unit_batch}", f"trainer.batch_size={unit_batch * accumulation}"]
+    # Enough synthetic examples for a micro-batch of the row's size (the CPU twins hold one or two), and the
+    # real configs' loader workers where decoding is the work (the twins load in the main process).
+    workers = ["data.num_workers=8", "data.pin_memory=true"]
     overrides += {
-        "resnet50_v2": [],  # 1000 training images, one per class
-        "jasper10x5": [f"data.synthetic.num_train={unit_batch}"],
+        "resnet50_v2": workers,  # 1000 training images, one per class
+        "jasper10x5": [*workers, f"data.synthetic.num_train={unit_batch}"],
         "transformer_big": ["data.synthetic.num_train=1024"],
         "transformer_xl": [],
     }[key]

@@ -76,3 +76,14 @@ def test_the_attention_check_catches_a_backend_with_wrong_gradients(monkeypatch)
     assert result["backends"]["math"]["q16_k64"]["status"] == "right"
     assert not result["auto_proven_right"]
     assert gpu_check.failures({"attention": result}) == ["model.attention_backend=auto is not proven right"]
+
+
+@pytest.mark.parametrize("key", list(gpu_check.MODELS))
+def test_the_gpu_training_runs_compose_at_the_rows_micro_batch(key):
+    """The CUDA configuration of each model's throughput run, composed here (no GPU needed to find a bad key)."""
+    overrides, _ = gpu_check.training_overrides(key, torch.device("cuda"), compile_model=True, steps=6)
+    cfg = gpu_check.compose_config(overrides, "unused")
+    row = gpu_check.compose_config([f"experiment={gpu_check.MODELS[key].row}"]).trainer
+    assert cfg.trainer.micro_batch_size == row.micro_batch_size and cfg.trainer.precision == row.precision == "bf16"
+    assert cfg.trainer.batch_size % cfg.trainer.micro_batch_size == 0 and cfg.trainer.compile
+    assert cfg.trainer.device == "cuda" and cfg.trainer.max_steps == 12 and cfg.data.get("synthetic") is not None
