@@ -73,6 +73,10 @@ memory: ## Optimizer state (SGD, Adam, AdamW, NovoGrad) and whole-step memory of
 bench-speech-data: ## Utterances/s and audio-seconds/s of the LibriSpeech data path alone (FLAC, speed perturbation, log-mel)
 	OMP_NUM_THREADS=1 $(PYTHON) scripts/bench_speech_data.py $(ARGS)
 
+.PHONY: gpu-check
+gpu-check: ## On one GPU (~8 min): GPU tests, full-size training steps, optimizer ratios, attention backends, GPU-hours per row: results/gpu/
+	$(PYTHON) scripts/gpu_check.py $(ARGS)
+
 bench-engine: ## Steps/s through the engine vs a bare PyTorch loop (ResNet smoke, CPU)
 	OMP_NUM_THREADS=1 $(PYTHON) scripts/bench_engine.py $(ARGS)
 

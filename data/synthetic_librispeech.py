@@ -20,6 +20,7 @@ into place; the first rename wins and the others discard their copy.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ def make_synthetic_librispeech(
     num_train: int = 32,
     num_eval: int = 8,
     seed: int = 0,
+    smoke_seconds: tuple[float, float] = (0.4, 1.6),
 ) -> dict[str, Path]:
     """The manifests of a synthetic twin, {split: path} for train-clean-100 and the four evaluation splits (all in
     one folder), creating it if needed; the content is a pure function of the arguments other than `directory`.
@@ -57,16 +59,20 @@ def make_synthetic_librispeech(
         num_train: utterances of the training split.
         num_eval: utterances of each evaluation split.
         seed: fixes every waveform and transcript.
+        smoke_seconds: the shortest and longest smoke utterance (debug=fullsize: the longest training length).
     """
     if kind not in KINDS:
         raise ValueError(f"synthetic LibriSpeech kind must be one of {KINDS}, got {kind!r}")
     if num_train < 1 or num_eval < 1:
         raise ValueError(f"synthetic LibriSpeech needs num_train >= 1 and num_eval >= 1, got {num_train}, {num_eval}")
-    params = {"version": _FORMAT_VERSION, "kind": kind, "num_train": num_train, "num_eval": num_eval, "seed": seed}
+    if not 0 < smoke_seconds[0] <= smoke_seconds[1]:
+        raise ValueError(f"synthetic LibriSpeech smoke_seconds must be [shortest, longest] > 0, got {smoke_seconds}")
+    params = {"version": _FORMAT_VERSION, "kind": kind, "num_train": num_train, "num_eval": num_eval, "seed": seed,
+              "smoke_seconds": list(smoke_seconds)}
     sizes = {TRAIN_SPLIT: num_train, **{split: num_eval for split in EVAL_SPLITS}}
 
     def write(root: Path) -> None:
-        utterance = _smoke_utterance if kind == "smoke" else _learnable_utterance
+        utterance = functools.partial(_smoke_utterance, seconds=smoke_seconds) if kind == "smoke" else _learnable_utterance
         for split_index, (split, size) in enumerate(sizes.items()):
             rng = np.random.default_rng([seed, split_index])
             _write_split(root / "LibriSpeech" / split, split_index, size, utterance, rng)
@@ -98,9 +104,10 @@ def _write_split(
         (chapter_dir / f"{speaker}-{chapter_id}.trans.txt").write_text("".join(lines))
 
 
-def _smoke_utterance(rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """0.4-1.6 s of Gaussian noise, and 1-4 random words of 1-6 characters from the whole vocabulary."""
-    samples = int(rng.uniform(0.4, 1.6) * SAMPLE_RATE)
+def _smoke_utterance(rng: np.random.Generator, seconds: tuple[float, float]) -> tuple[np.ndarray, str]:
+    """`seconds` (shortest, longest) of Gaussian noise, and 1-4 random words of 1-6 characters from the whole
+    vocabulary."""
+    samples = int(rng.uniform(*seconds) * SAMPLE_RATE)
     letters = VOCABULARY.strip()
     words = ["".join(rng.choice(list(letters), size=rng.integers(1, 7))) for _ in range(rng.integers(1, 5))]
     return np.clip(0.1 * rng.standard_normal(samples), -1, 1), " ".join(words)

@@ -44,6 +44,7 @@ def make_synthetic_wmt14(
     num_words: int = 16,
     seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
+    words_per_sentence: tuple[int, int] = (3, 12),
 ) -> Path:
     """Return the root of a prepared synthetic corpus (the layout of data/wmt14.py), creating it if needed.
 
@@ -56,13 +57,15 @@ def make_synthetic_wmt14(
         num_words: dictionary size of each language.
         seed: fixes the text and the BPE.
         cache_dir: where the corpus is written; defaults to `$TMPDIR/novograd-synthetic-wmt14`.
+        words_per_sentence: the fewest and most words of a sentence (debug=fullsize: the longest pairs).
     """
     if kind not in KINDS:
         raise ValueError(f"synthetic WMT14 kind must be one of {KINDS}, got {kind!r}")
-    if min(num_train, num_eval, num_words) < 1:
+    shortest, longest = words_per_sentence
+    if min(num_train, num_eval, num_words, shortest) < 1 or longest < shortest:
         raise ValueError(
-            f"synthetic WMT14 needs positive num_train, num_eval and num_words; got {num_train}, {num_eval}, "
-            f"{num_words}"
+            f"synthetic WMT14 needs positive num_train, num_eval, num_words and words_per_sentence [min, max] with "
+            f"min <= max; got {num_train}, {num_eval}, {num_words}, {list(words_per_sentence)}"
         )
     params = {
         "version": _FORMAT_VERSION,
@@ -72,9 +75,10 @@ def make_synthetic_wmt14(
         "vocab_size": vocab_size,
         "num_words": num_words,
         "seed": seed,
+        "words_per_sentence": [shortest, longest],
     }
     def write(root: Path) -> None:
-        texts = _write_text(root / "raw", kind, num_train, num_eval, num_words, seed)
+        texts = _write_text(root / "raw", kind, num_train, num_eval, num_words, seed, (shortest, longest))
         prepare_translation_data(root, texts, languages=("synthetic-src", "synthetic-tgt"),
                                  vocab_size=vocab_size, character_coverage=1.0, seed=seed,
                                  source=f"synthetic {kind}", log=lambda message: None)
@@ -84,7 +88,8 @@ def make_synthetic_wmt14(
 
 
 def _write_text(
-    raw_dir: Path, kind: str, num_train: int, num_eval: int, num_words: int, seed: int
+    raw_dir: Path, kind: str, num_train: int, num_eval: int, num_words: int, seed: int,
+    words_per_sentence: tuple[int, int],
 ) -> dict[str, tuple[Path, Path]]:
     """Write `<split>.src` / `<split>.tgt` text files; return {split: (src path, tgt path)}."""
     rng = np.random.default_rng(seed)
@@ -96,7 +101,7 @@ def _write_text(
     for split, count in (("train", num_train), *((name, num_eval) for name in _EVAL_SPLITS)):
         lines = {"src": [], "tgt": []}
         for _ in range(count):
-            source = rng.integers(num_words, size=rng.integers(3, 13))
+            source = rng.integers(num_words, size=rng.integers(words_per_sentence[0], words_per_sentence[1] + 1))
             target = dictionary[source[::-1]] if kind == "learnable" else rng.integers(num_words, size=len(source))
             lines["src"].append(" ".join(src_words[i] for i in source))
             lines["tgt"].append(" ".join(tgt_words[i] for i in target))

@@ -24,15 +24,30 @@ Tensors are batch-first throughout (the reference code is time-first): tokens (B
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 #: Standard deviation of the normal initialisation of every weight (DeepLearningExamples' `init_std`).
 INIT_STD = 0.02
+
+#: `attention_backend` -> the SDPA kernels allowed. The position term reaches SDPA as a float `attn_mask` that
+#: needs gradients, a case where CUDA kernels have had bugs (PyTorch issues 196678: cuDNN NaN gradients with a mask
+#: on H100/H200 at sequence lengths 64 mod 128; 191612: a mask dtype other than the query's misread; 148476:
+#: illegal memory access when only the mask needs gradients). "auto" therefore keeps cuDNN out on CUDA and takes
+#: the memory-efficient kernel, else math; on the CPU it leaves the choice to torch. `make gpu-check` compares
+#: each backend's bf16 gradients with the math backend's; flash attention takes no mask and is not offered.
+ATTENTION_BACKENDS: dict[str, list[SDPBackend] | None] = {
+    "auto": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+    "math": [SDPBackend.MATH],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+    "cudnn": [SDPBackend.CUDNN_ATTENTION],
+}
 
 
 def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -94,9 +109,15 @@ class RelativeMultiHeadAttention(nn.Module):
     by 1/sqrt(d_head) itself, so the position term is pre-scaled to match. Gradients flow through both terms.
     """
 
-    def __init__(self, d_model: int, n_head: int, d_head: int, dropout: float, dropatt: float) -> None:
+    def __init__(
+        self, d_model: int, n_head: int, d_head: int, dropout: float, dropatt: float, attention_backend: str = "auto"
+    ) -> None:
         super().__init__()
+        if attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.attention_backend must be one of {sorted(ATTENTION_BACKENDS)}, "
+                             f"got {attention_backend!r}")
         self.n_head, self.d_head, self.dropatt = n_head, d_head, dropatt
+        self.attention_backend = attention_backend
         inner = n_head * d_head
         # The authors' code uses one qkv projection over memory + segment and discards the memory's queries;
         # splitting it keeps the same parameters and never computes those queries.
@@ -127,15 +148,23 @@ class RelativeMultiHeadAttention(nn.Module):
 
         position_scores = rel_shift(torch.matmul(q + position_bias[:, None, :], r.transpose(1, 2)))
         position_scores = (position_scores / math.sqrt(self.d_head)).masked_fill(~mask, float("-inf"))
-        attended = F.scaled_dot_product_attention(
-            q + content_bias[:, None, :],
-            k,
-            v,
-            attn_mask=position_scores,
-            dropout_p=self.dropatt if self.training else 0.0,
-        )
+        # One dtype for queries and mask (issue 191612): under autocast the biases are fp32 and q is not.
+        query = (q + content_bias[:, None, :]).to(k.dtype)
+        with self._allowed_kernels(x.device):
+            attended = F.scaled_dot_product_attention(
+                query,
+                k,
+                v,
+                attn_mask=position_scores.to(k.dtype),
+                dropout_p=self.dropatt if self.training else 0.0,
+            )
         attended = attended.transpose(1, 2).reshape(batch, query_len, self.n_head * self.d_head)
         return self.layer_norm(x + self.dropout(self.out(attended)))
+
+    def _allowed_kernels(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
+        if self.attention_backend == "auto" and device.type != "cuda":
+            return contextlib.nullcontext()
+        return sdpa_kernel(ATTENTION_BACKENDS[self.attention_backend])
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -157,9 +186,12 @@ class PositionwiseFeedForward(nn.Module):
 
 
 class TransformerXLLayer(nn.Module):
-    def __init__(self, d_model: int, n_head: int, d_head: int, d_inner: int, dropout: float, dropatt: float) -> None:
+    def __init__(
+        self, d_model: int, n_head: int, d_head: int, d_inner: int, dropout: float, dropatt: float,
+        attention_backend: str = "auto",
+    ) -> None:
         super().__init__()
-        self.attention = RelativeMultiHeadAttention(d_model, n_head, d_head, dropout, dropatt)
+        self.attention = RelativeMultiHeadAttention(d_model, n_head, d_head, dropout, dropatt, attention_backend)
         self.feed_forward = PositionwiseFeedForward(d_model, d_inner, dropout)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, *attention_args: torch.Tensor) -> torch.Tensor:
@@ -231,6 +263,7 @@ class TransformerXL(nn.Module):
         same_length: every query attends the same number of keys (mem_len + 1).
         cutoffs: adaptive softmax cluster boundaries; [] for a plain softmax.
         tie_weight: the softmax shares the input embedding's word vectors.
+        attention_backend: the SDPA kernels the relative attention may use (`ATTENTION_BACKENDS`).
 
     `tgt_len`, `mem_len`, `clamp_len` and `same_length` are read at every forward; `reset_length` changes them
     between training and evaluation (Transformer-XL evaluates with longer memory than it trains with).
@@ -252,6 +285,7 @@ class TransformerXL(nn.Module):
         same_length: bool = False,
         cutoffs: Sequence[int] = (20000, 40000, 200000),
         tie_weight: bool = True,
+        attention_backend: str = "auto",
     ) -> None:
         super().__init__()
         if min(vocab_size, n_layer, d_model, n_head, d_head, d_inner) < 1 or d_model % 2:
@@ -268,7 +302,8 @@ class TransformerXL(nn.Module):
         self.content_bias = nn.Parameter(torch.empty(n_head, d_head))
         self.position_bias = nn.Parameter(torch.empty(n_head, d_head))
         self.layers = nn.ModuleList(
-            TransformerXLLayer(d_model, n_head, d_head, d_inner, dropout, dropatt) for _ in range(n_layer)
+            TransformerXLLayer(d_model, n_head, d_head, d_inner, dropout, dropatt, attention_backend)
+            for _ in range(n_layer)
         )
         self.softmax = AdaptiveLogSoftmax(
             vocab_size, d_model, cutoffs, weight=self.embedding.weight if tie_weight else None

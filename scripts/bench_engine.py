@@ -27,10 +27,10 @@ from novograd.engine.compose import compose_config
 OVERRIDES = ["experiment=table1/novograd_100ep", "debug=smoke", "logger=none", "trainer.eval_every_steps=null"]
 
 
-def engine_steps_per_second(steps: int, output_dir: Path) -> float:
+def engine_steps_per_second(steps: int, output_dir: Path, overrides: list[str] = OVERRIDES) -> float:
     """Steps/s of the engine over `steps` steps after a first window of `steps` steps (warm-up, discarded)."""
     cfg = compose_config(
-        [*OVERRIDES, f"trainer.max_steps={2 * steps}", f"trainer.log_every_steps={steps}"], output_dir
+        [*overrides, f"trainer.max_steps={2 * steps}", f"trainer.log_every_steps={steps}"], output_dir
     )
     run(cfg)
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
@@ -38,17 +38,19 @@ def engine_steps_per_second(steps: int, output_dir: Path) -> float:
     return timed["train/throughput"] / cfg.trainer.batch_size
 
 
-def bare_steps_per_second(steps: int) -> float:
-    """The same model, data, batch, accumulation, optimizer and schedule in a plain PyTorch loop."""
+def bare_steps_per_second(steps: int, overrides: list[str] = OVERRIDES) -> float:
+    """The same model, data, batch, accumulation, optimizer and schedule in a plain PyTorch loop, on the device
+    `overrides` name (trainer.device; the CPU by default)."""
     from hydra.utils import instantiate
 
     from novograd.optim.factory import build_optimizer
     from novograd.optim.schedules import build_scheduler
 
-    cfg = compose_config(OVERRIDES, "unused")
+    cfg = compose_config(overrides, "unused")
+    device = torch.device("cpu" if cfg.trainer.device == "auto" else cfg.trainer.device)
     torch.manual_seed(cfg.seed)
     workload = instantiate(cfg.workload, model=cfg.model, data=cfg.data, _recursive_=False)
-    model = workload.build_model()
+    model = workload.build_model().to(device)
     train_set, _ = workload.build_datasets()
     optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = build_scheduler(cfg.scheduler, optimizer, 2 * steps)
@@ -64,15 +66,22 @@ def bare_steps_per_second(steps: int) -> float:
     start = 0.0
     for step in range(2 * steps):
         if step == steps:  # the first `steps` steps are warm-up, as for the engine
+            synchronize(device)
             start = time.perf_counter()
         for _ in range(accumulation):
-            images, labels = next(stream)
+            images, labels = (tensor.to(device, non_blocking=True) for tensor in next(stream))
             loss = torch.nn.functional.cross_entropy(model(images), labels, reduction="sum") / cfg.trainer.batch_size
             loss.backward()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
     return steps / (time.perf_counter() - start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:

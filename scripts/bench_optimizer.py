@@ -1,5 +1,5 @@
 """Time one optimizer step of each NovoGrad path against torch's SGD-momentum and AdamW, on the parameter shapes of
-ResNet-50 and of Transformer-big.
+ResNet-50 and of Transformer-big (and apex's FusedNovoGrad with `--device cuda` where apex is built).
 
 Every candidate owns a copy of the parameters (fp32) and of the optimizer state; the fixed random gradients are
 shared (read-only) by the candidates of a model, which keeps Transformer-big's 185M parameters in memory. After a
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from any directory
 
 from novograd.optim import novograd as novograd_module  # noqa: E402
+from novograd.optim.apex import apex_novograd, fused_novograd_class  # noqa: E402
 from novograd.optim.novograd import NovoGrad  # noqa: E402
 
 SGD_REFERENCE = "torch SGD-momentum fused"
@@ -139,6 +140,21 @@ CANDIDATES: dict[str, Callable[[list[torch.Tensor]], tuple[Optimizer, Callable[[
     "NovoGrad fused, GradScaler + clip in the step": fp16_in_step,
     "NovoGrad fused, GradScaler unscale_ + clip_grad_norm_": fp16_unscale_then_clip,
 }
+# NVIDIA apex's fused kernel in the paper's mode (optimizer=apex_novograd), where apex is built: CUDA only.
+APEX_CANDIDATE = "apex FusedNovoGrad (paper mode)"
+
+
+def apex_importable() -> bool:
+    try:
+        fused_novograd_class()
+    except ImportError:
+        return False
+    return True
+
+
+if apex_importable():
+    CANDIDATES[APEX_CANDIDATE] = lambda p: plain(apex_novograd(p, lr=0.007, weight_decay=0.002))
+
 # Candidates that write their gradients with new values (the others only read them, or rewrite them unchanged).
 OWN_GRADIENTS = {"NovoGrad loop (NeMo/timm style)"}
 
@@ -420,6 +436,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for model_name in args.models:
             names = [n for n in MODELS[model_name].candidates if args.only is None or n in args.only]
             names += [r for r in TARGETS if r not in names]  # the ratios need both references
+            if device.type == "cuda" and APEX_CANDIDATE in CANDIDATES and args.only is None:
+                names.append(APEX_CANDIDATE)
             runs[0][model_name] = bench_model(model_name, names, device, args.rounds, args.steps, args.warmup)
             if args.breakdown:
                 runs[0][model_name]["breakdown_ms"] = breakdown(model_name, device, args.rounds, args.steps)

@@ -1,4 +1,5 @@
-"""The GPU paths the CPU suite cannot reach: bf16/fp16 autocast, channels-last, TF32, torch.compile, fused NovoGrad.
+"""The GPU paths the CPU suite cannot reach: bf16/fp16 autocast, channels-last, TF32, torch.compile, NovoGrad's CUDA
+paths against the formulas, and the SDPA backend of Transformer-XL's relative attention.
 
 Run with `make test-all` (or `pytest -m gpu`) on a machine with a CUDA device; skipped elsewhere.
 """
@@ -38,3 +39,37 @@ def test_compiled_model_resumes_bit_for_bit(tmp_path: Path) -> None:
     )
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("case", ["defaults", "averaging_amsgrad_maximize", "nemo_form_without_decay"])
+@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
+def test_every_novograd_path_matches_the_formulas_on_cuda(path: str, case: str, dtype: torch.dtype) -> None:
+    """tests/test_novograd_paths.py's problem (a zero first gradient, a drop of lr) on CUDA tensors: the CUDA
+    kernels of each path (foreach, Inductor's multi-tensor step) against the hand-computed reference."""
+    from test_novograd_paths import FLAG_CASES, HYPERPARAMETERS, PATHS, SHAPES, TOLERANCE, problem, reference
+
+    from novograd import NovoGrad
+
+    torch._dynamo.reset()
+    weights, stream, lrs = problem(sit_outs=False)
+    params = [torch.nn.Parameter(torch.tensor(w, dtype=dtype, device="cuda").reshape(shape))
+              for w, shape in zip(weights, SHAPES)]
+    optimizer = NovoGrad(params, lr=lrs[0], **(HYPERPARAMETERS | FLAG_CASES[case]), **PATHS[path])
+    for step, lr in zip(stream, lrs):
+        for p, g, shape in zip(params, step, SHAPES):
+            p.grad = torch.tensor(g, dtype=dtype, device="cuda").reshape(shape)
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.step()
+    for got, want in zip(params, reference(False, **FLAG_CASES[case])):
+        torch.testing.assert_close(got.detach().cpu().double(), want, **TOLERANCE[dtype])
+
+
+def test_transformer_xl_attention_backend_auto_has_the_math_backends_gradients() -> None:
+    """scripts/gpu_check.py's attention section: bf16 gradients of the position projections and both biases with
+    each SDPA backend against fp32 math, at the rows' lengths and at lengths 64 mod 128 (PyTorch issue 196678)."""
+    from script_modules import load_script
+
+    gpu_check = load_script("gpu_check")
+    result = gpu_check.check_attention(torch.device("cuda"), gpu_check.Budget(600))
+    assert result["auto_proven_right"], result["backends"]
