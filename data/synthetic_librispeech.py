@@ -72,7 +72,8 @@ def make_synthetic_librispeech(
     sizes = {TRAIN_SPLIT: num_train, **{split: num_eval for split in EVAL_SPLITS}}
 
     def write(root: Path) -> None:
-        utterance = functools.partial(_smoke_utterance, seconds=smoke_seconds) if kind == "smoke" else _learnable_utterance
+        utterance = (functools.partial(_smoke_utterance, seconds=smoke_seconds) if kind == "smoke"
+                     else _learnable_utterance)
         for split_index, (split, size) in enumerate(sizes.items()):
             rng = np.random.default_rng([seed, split_index])
             _write_split(root / "LibriSpeech" / split, split_index, size, utterance, rng)

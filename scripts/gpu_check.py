@@ -20,7 +20,8 @@ Sections, each in the same run and written to results/gpu/<device>.json and .md 
 
 `--device cpu` runs every section at tiny sizes (tiny models, debug=smoke twins, few steps, compile off, the
 fused optimizer path left out) in a few minutes on 2 cores; tests/test_gpu_check.py runs it for one model, and
-composes every model's GPU configuration, so that the script works before a GPU is there. Those figures are a CPU's and say nothing about a GPU.
+composes every model's GPU configuration, so that the script works before a GPU is there. Those figures are a
+CPU's and say nothing about a GPU.
 
     python scripts/gpu_check.py [--device cuda|cpu] [--output DIR] [--budget-s 450] [--compile off on]
 """

@@ -87,3 +87,12 @@ def test_the_gpu_training_runs_compose_at_the_rows_micro_batch(key):
     assert cfg.trainer.micro_batch_size == row.micro_batch_size and cfg.trainer.precision == row.precision == "bf16"
     assert cfg.trainer.batch_size % cfg.trainer.micro_batch_size == 0 and cfg.trainer.compile
     assert cfg.trainer.device == "cuda" and cfg.trainer.max_steps == 12 and cfg.data.get("synthetic") is not None
+
+
+def test_an_unknown_attention_backend_is_refused_with_the_choices():
+    from models.transformer_xl import TransformerXL
+
+    with pytest.raises(ValueError, match=r"model.attention_backend must be one of \['auto', 'cudnn', 'efficient', "
+                                         r"'math'\], got 'flash'"):
+        TransformerXL(vocab_size=10, n_layer=1, d_model=8, n_head=2, d_head=4, d_inner=16, cutoffs=[],
+                      attention_backend="flash")
