@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import random
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ from typing import Any
 import numpy as np
 import soundfile
 import torch
+
+from data.corrupt import SkipPolicy, UnreadableFileError
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,8 @@ _TOKEN_OF_BYTE = np.full(256, -1, dtype=np.int16)
 _TOKEN_OF_BYTE[np.frombuffer(VOCABULARY.encode("ascii"), dtype=np.uint8)] = np.arange(len(VOCABULARY))
 
 
-class UnreadableAudioError(OSError):
-    """An audio file that cannot be decoded or is not 16 kHz mono; the message names the file.
-
-    Takes a single message argument so that a DataLoader worker can re-raise it in the main process as itself.
-    """
+class UnreadableAudioError(UnreadableFileError):
+    """An audio file that cannot be decoded or is not 16 kHz mono; the message names the file."""
 
 
 # --- vocabulary --------------------------------------------------------------------------------------------------
@@ -399,27 +397,6 @@ class _PackedRows:
         return np.diff(self.offsets)
 
 
-def read_skipping_corrupt(
-    read: Callable[[int], Any], index: int, size: int, unreadable: torch.Tensor, error_type: type[Exception],
-) -> tuple[Any, bool]:
-    """`(read(index), False)`, or, when reading it raises `error_type`, `(read(j), True)` for the next readable
-    index j (wrapping around): the sample is replaced, so a plan's count of examples stays exact, and flagged.
-
-    `unreadable` (a bool tensor over the dataset, in shared memory so DataLoader workers' finds reach every
-    process) remembers the indices found unreadable, which are not tried again; each is warned about once.
-    """
-    for offset in range(size):
-        candidate = (index + offset) % size
-        if unreadable[candidate]:
-            continue
-        try:
-            return read(candidate), candidate != index
-        except error_type as error:
-            unreadable[candidate] = True
-            warnings.warn(f"skipping an unreadable file (data.skip_corrupt=true): {error}", stacklevel=2)
-    raise error_type(f"every one of the {size} examples failed to read")
-
-
 class LibriSpeechDataset(torch.utils.data.Dataset):
     """Utterances of one or more manifests: `dataset[i]` is `(features (num_mels, frames) float32, tokens (L,)
     int64, skipped)`, `skipped` True when utterance i could not be read and another one stands in its place
@@ -482,8 +459,7 @@ class LibriSpeechDataset(torch.utils.data.Dataset):
         self.durations = np.asarray(durations, dtype=np.float64)
         self.token_lengths = self._tokens.lengths
         self.num_dropped = total - len(durations)
-        self.skip_corrupt = skip_corrupt
-        self._unreadable = torch.zeros(len(durations), dtype=torch.bool).share_memory_()
+        self._skip = SkipPolicy(len(durations), skip_corrupt)
         if self.num_dropped:
             log.info(
                 "dropped %d of %d utterances longer than %s s from %s",
@@ -501,14 +477,10 @@ class LibriSpeechDataset(torch.utils.data.Dataset):
 
     @property
     def unreadable_files(self) -> list[str]:
-        return [self.audio_path(i) for i in torch.nonzero(self._unreadable).flatten().tolist()]
+        return [self.audio_path(i) for i in self._skip.unreadable_indices]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        if not self.skip_corrupt:
-            return (*self._utterance(index), False)
-        (features, tokens), skipped = read_skipping_corrupt(
-            self._utterance, index, len(self), self._unreadable, UnreadableAudioError
-        )
+        (features, tokens), skipped = self._skip.read(index, self._utterance)
         return features, tokens, skipped
 
     def _utterance(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -138,7 +138,7 @@ def test_skip_corrupt_trains_on_a_stand_in_and_leaves_an_unreadable_evaluation_u
     tmp_path: Path,
 ) -> None:
     """One unreadable training FLAC and one unreadable dev-clean FLAC: the run goes on, the training step keeps its
-    count (a stand-in, counted in train/skipped), and the evaluation scores every other utterance once."""
+    count (a stand-in, counted in skipped_train), and the evaluation scores every other utterance once."""
     from data.synthetic_librispeech import make_synthetic_librispeech
     from novograd.workloads.librispeech import LibriSpeechWorkload
 
@@ -154,7 +154,8 @@ def test_skip_corrupt_trains_on_a_stand_in_and_leaves_an_unreadable_evaluation_u
         summary = run(config)
     assert summary["steps"] == 2 and "wer_dev_clean" in summary
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert sum(r.get("train/skipped", 0) for r in records) == 1  # 2 steps of 8: one epoch
+    assert [r["train/skipped_train"] for r in records if "train/skipped_train" in r][-1] == 1  # 2 steps of 8: one epoch
+    assert summary["skipped_train"] == 1 and summary["skipped_dev_clean"] == 1
 
     workload = LibriSpeechWorkload(model=config.model, data=config.data)
     _, evaluation = workload.build_datasets()

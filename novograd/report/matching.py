@@ -41,7 +41,7 @@ NOT_DEFINING: dict[str, str] = {
     "data.root": "where the dataset lives",
     "data.num_workers": "how many processes load the same data",
     "data.pin_memory": "how batches reach the GPU",
-    "data.skip_corrupt": "what happens on an unreadable file (the ImageNet archives have none)",
+    "data.skip_corrupt": "what happens on an unreadable image or audio file (the official archives have none)",
     "data.synthetic.cache_dir": "where the synthetic dataset is written",
     "optimizer.foreach": "which implementation computes the same update",
     "optimizer.fused": "which implementation computes the same update",

@@ -8,8 +8,8 @@ divides by the step's utterance count, which averages over the batch as the auth
 cannot be aligned to its frames (longer than them, repeats counted twice) gives an infinite CTC loss: it is zeroed,
 contributes no gradient, and is counted (`train/ctc_infeasible`).
 Unreadable audio (`data.skip_corrupt=true`): a training utterance that cannot be read is replaced by the next
-readable one (the step keeps its count) and counted in `train/skipped`; an evaluation utterance that cannot be
-read is not scored, and counted in the evaluation's `skipped` sum.
+readable one (the step keeps its count) and counted (`skipped_train`); an evaluation utterance that cannot be
+read is not scored, and counted (`skipped_<set>`, e.g. `skipped_dev_clean`).
 Metrics: corpus word error rate (total word edits / total reference words, in percent) per evaluation set, under
 the paper's column names `wer_dev_clean`, `wer_dev_other`, `wer_test_clean`, `wer_test_other`.
 """
