@@ -31,8 +31,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
-import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,6 +41,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from data.progress import Progress, quiet
 
 EOS = "<eos>"
 SPLITS = ("train", "valid", "test")
@@ -60,14 +60,6 @@ PREPARE_HINT = (
 )
 
 
-#: Seconds between two progress lines of a long step when stderr is not a terminal (a log file, a batch job).
-PROGRESS_INTERVAL = 60.0
-
-
-def _quiet(message: str) -> None:
-    """The default `log`: say nothing."""
-
-
 class TextDecodeError(ValueError):
     """A text file that is not UTF-8; `path` is the file, the message names the line and the byte."""
 
@@ -77,40 +69,24 @@ class TextDecodeError(ValueError):
 
 
 class _ProgressReader(io.RawIOBase):
-    """A binary file that reports how many bytes have been read: a tqdm bar when stderr is a terminal, otherwise
-    a `log` line every `PROGRESS_INTERVAL` seconds (MB read of the total, rate), so a batch log shows the step is
-    alive (reading the 515 MB training text takes minutes)."""
+    """A binary file that reports the bytes read through a `Progress` (of the file's size), so a batch log shows
+    the step is alive (reading the 515 MB training text takes minutes)."""
 
     def __init__(self, path: Path, description: str, log: Callable[[str], None]) -> None:
         super().__init__()
         self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        self.description, self.log = description, log
-        self.total = os.fstat(self.file.fileno()).st_size
-        self.done = 0
-        self.start = self.last_line = time.monotonic()
-        self.bar = None
-        if sys.stderr.isatty() and log is not _quiet:  # quiet callers (the synthetic twins) get no bar either
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, desc=description, unit="B", unit_scale=True, dynamic_ncols=True)
+        self.progress = Progress(description, log, total=os.fstat(self.file.fileno()).st_size, unit="B")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
         count = self.file.readinto(buffer) or 0
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-        elif time.monotonic() - self.last_line >= PROGRESS_INTERVAL:
-            self.last_line = time.monotonic()
-            rate = self.done / 1e6 / max(self.last_line - self.start, 1e-9)
-            self.log(f"{self.description}: {self.done / 1e6:.0f} of {self.total / 1e6:.0f} MB, {rate:.1f} MB/s")
+        self.progress.update(count)
         return count
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.progress.close()
         self.file.close()
         super().close()
 
@@ -151,7 +127,7 @@ def line_symbols(line: str) -> list[str]:
     return [*line.split(), EOS]
 
 
-def count_words(path: str | os.PathLike[str], log: Callable[[str], None] = _quiet) -> Counter[str]:
+def count_words(path: str | os.PathLike[str], log: Callable[[str], None] = quiet) -> Counter[str]:
     """Occurrences of each word of a text file, `<eos>` not counted, in first-occurrence order."""
     counts: Counter[str] = Counter()
     with read_text(path, f"counting {Path(path).name}", log) as lines:
@@ -166,7 +142,7 @@ def build_vocab(counts: Counter[str]) -> list[str]:
 
 
 def encode_file(
-    path: str | os.PathLike[str], word_to_id: Mapping[str, int], log: Callable[[str], None] = _quiet
+    path: str | os.PathLike[str], word_to_id: Mapping[str, int], log: Callable[[str], None] = quiet
 ) -> np.ndarray:
     """The ids of every line's tokens (`line_symbols`), concatenated into one flat int32 array."""
     eos_id = word_to_id[EOS]

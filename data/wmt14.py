@@ -49,14 +49,15 @@ from typing import Any
 import numpy as np
 import torch
 
+import data.progress
+from data.progress import Progress, format_duration
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SIDES = ("src", "tgt")
 TRAIN_SPLIT = "train"
 FORMAT_VERSION = 1
 PREPARE_COMMAND = "make prepare-wmt14 WMT14_ROOT=DIR [SOURCE=hub|DIR]"
 _ENCODE_CHUNK_LINES = 100_000
-#: Seconds between the progress lines of a long step (BPE training, encoding the training split).
-PROGRESS_INTERVAL_S = 60.0
 
 
 # --- tokenizer ------------------------------------------------------------------------------------------------
@@ -390,11 +391,11 @@ def _train_sentencepiece(
         log(f"reusing {root / 'spm.model'}")
         return
     log(f"training a {params['vocab_size']}-token joint BPE on {params['input_sentence_size']} sampled sentences "
-        f"of {train_files[0].name} and {train_files[1].name} (progress every {PROGRESS_INTERVAL_S:.0f} s)")
+        f"of {train_files[0].name} and {train_files[1].name} (progress every {data.progress.INTERVAL_S:.0f} s)")
     # Sentences come through an iterator and the model back as bytes, rather than file names in and a model
     # prefix out: sentencepiece records those paths inside the model, which would then differ by where it was made.
     model = io.BytesIO()
-    reading = _Progress(log, "BPE: sentences read")
+    reading = Progress("BPE: sentences read", log, bar=False)  # a bar would be torn by the heartbeat's lines
     sentences = itertools.chain.from_iterable(_lines(path) for path in train_files)
     sentencepiece.set_random_generator_seed(params["seed"])
     with _heartbeat(log, "BPE training"):
@@ -405,42 +406,19 @@ def _train_sentencepiece(
             minloglevel=1,  # warnings and errors only: its own log runs to hundreds of lines; _heartbeat reports
             **{key: value for key, value in params.items() if key != "seed"},
         )
-    log(f"BPE trained on {reading.count:,} sentences in {_duration(time.monotonic() - reading.start)}")
+    log(f"BPE trained on {reading.count:,} sentences in {format_duration(reading.elapsed_s)}")
     _write_atomically(root / "spm.model", model.getvalue())
     _write_atomically(stamp_path, json.dumps(stamp, indent=2))
 
 
-class _Progress:
-    """Counts the items of a long step and logs the count and rate at most every PROGRESS_INTERVAL_S seconds."""
-
-    def __init__(self, log: Callable[[str], None], what: str, total: int | None = None) -> None:
-        self.log, self.what, self.total = log, what, total
-        self.count, self.start = 0, time.monotonic()
-        self.last = self.start
-
-    def add(self, count: int) -> None:
-        self.count += count
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_INTERVAL_S:
-            self.last = now
-            done = f"{self.count:,}" + (f" of {self.total:,}" if self.total else "")
-            rate = self.count / max(now - self.start, 1e-9)
-            self.log(f"{self.what}: {done} ({rate:,.0f}/s, {_duration(now - self.start)})")
-
-    def counted(self, items: Iterator[str]) -> Iterator[str]:
-        for item in items:
-            self.add(1)
-            yield item
-
-
 @contextlib.contextmanager
 def _heartbeat(log: Callable[[str], None], what: str) -> Iterator[None]:
-    """While the body runs (a library call that reports nothing), log every PROGRESS_INTERVAL_S that it still is."""
+    """While the body runs (a library call that reports nothing), log every `progress.INTERVAL_S` that it still is."""
     stop, start = threading.Event(), time.monotonic()
 
     def beat() -> None:
-        while not stop.wait(PROGRESS_INTERVAL_S):
-            log(f"{what}: running for {_duration(time.monotonic() - start)}")
+        while not stop.wait(data.progress.INTERVAL_S):
+            log(f"{what}: running for {format_duration(time.monotonic() - start)}")
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
@@ -449,11 +427,6 @@ def _heartbeat(log: Callable[[str], None], what: str) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -531,7 +504,7 @@ def _encode_split(
     staging = root / f".{split}.{os.getpid()}"
     staging.mkdir()
     try:
-        progress = _Progress(log, f"{split}: pairs encoded")
+        progress = Progress(f"{split}: pairs encoded", log, bar=False)  # lines only: a caller's silent log silences it
         counts = _write_split(staging, files, tokenizer, stamp["filters"], num_threads, progress)
         (staging / "split.json").write_text(json.dumps({"stamp": stamp, "counts": counts}, indent=2))
         shutil.rmtree(split_dir, ignore_errors=True)
@@ -548,7 +521,7 @@ def _write_split(
     tokenizer: Tokenizer,
     filters: dict[str, float] | None,
     num_threads: int,
-    progress: _Progress,
+    progress: Progress,
 ) -> dict[str, int]:
     """Encode the line-aligned `files` into token arrays in `out_dir`; `filters` None keeps every pair and the
     raw text (an evaluation split)."""
@@ -564,7 +537,7 @@ def _write_split(
             encoded = {side: tokenizer.encode_batch(lines[side], num_threads) for side in SIDES}
             lengths = {side: np.array([len(ids) + 1 for ids in encoded[side]], dtype=np.int64) for side in SIDES}
             counts["pairs_read"] += len(lengths["src"])
-            progress.add(len(lengths["src"]))
+            progress.update(len(lengths["src"]))
             if filters is None:
                 keep = np.ones(len(lengths["src"]), dtype=bool)
                 for side, file in raw_text.items():

@@ -28,18 +28,16 @@ import argparse
 import gzip
 import json
 import shutil
-import sys
 import tarfile
 import time
 import zlib
 from pathlib import Path
 
 from data.librispeech import EVAL_SPLITS, TRAIN_SPLITS, BadTranscriptError, UnreadableAudioError, write_manifest
+from data.progress import Progress
 
 SPLITS = TRAIN_SPLITS + EVAL_SPLITS
 ARCHIVE_MARKER = ".archive.json"
-#: Without a terminal, a progress line at most this often (seconds).
-PROGRESS_INTERVAL = 60.0
 
 
 class PrepareError(SystemExit):
@@ -47,42 +45,6 @@ class PrepareError(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"prepare_librispeech: {message}")
-
-
-class Progress:
-    """Files and bytes done in a long step: a tqdm bar when stderr is a terminal, otherwise a line every
-    `interval` seconds and one at the end (files, MB, MB/s), so a log shows the step is alive."""
-
-    def __init__(self, description: str, total_bytes: int | None = None, interval: float = PROGRESS_INTERVAL):
-        self.description, self.interval = description, interval
-        self.files = self.bytes = 0
-        self.start = self.last = time.monotonic()
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True, dynamic_ncols=True)
-
-    def update(self, size: int) -> None:
-        self.files += 1
-        self.bytes += size
-        if self.bar is not None:
-            self.bar.update(size)
-            self.bar.set_postfix(files=self.files, refresh=False)
-            return
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            print(f"{self.description}: {self.summary(now)}", flush=True)
-
-    def summary(self, now: float | None = None) -> str:
-        seconds = max((time.monotonic() if now is None else now) - self.start, 1e-9)
-        return f"{self.files} files, {self.bytes / 1e6:.1f} MB, {self.bytes / 1e6 / seconds:.1f} MB/s"
-
-    def close(self) -> str:
-        if self.bar is not None:
-            self.bar.close()
-        return self.summary()
 
 
 def archive_name(split: str) -> str:
@@ -138,13 +100,13 @@ def extract_split(archive: Path, split: str, root: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
     staging.mkdir(parents=True)
     try:
-        progress = Progress(f"{split}: extracting {archive.name}", total_bytes=None)
+        progress = Progress(f"{split}: extracting {archive.name}", unit="B", files=True)
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 for member in tar:
                     tar.extract(member, staging, filter="data")
                     if member.isfile():
-                        progress.update(member.size)
+                        progress.update(member.size, files=1)
         except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as error:
             raise PrepareError(
                 f"{archive} is damaged or not a gzip tar ({type(error).__name__}: {error}). Download it again from "
@@ -173,9 +135,9 @@ def extract_split(archive: Path, split: str, root: Path) -> Path:
 
 def index_split(split: str, split_dir: Path, manifest: Path, archive: Path) -> int:
     """Write the split's manifest; bad transcripts or audio become a `PrepareError` that says what to do."""
-    progress = Progress(f"{split}: indexing")
+    progress = Progress(f"{split}: indexing", unit="B", files=True)
     try:
-        count = write_manifest(split_dir, manifest, on_utterance=progress.update)
+        count = write_manifest(split_dir, manifest, on_utterance=lambda size: progress.update(size, files=1))
     except (BadTranscriptError, UnreadableAudioError) as error:
         raise PrepareError(
             f"{error}\nNo manifest was written for {split}. Either download {archive.name} again (into "

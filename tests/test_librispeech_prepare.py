@@ -171,13 +171,3 @@ def test_prepare_names_what_is_missing(tmp_path, prepare):
     (tmp_path / "archives" / "LibriSpeech.zip").write_text("wrong")
     with pytest.raises(SystemExit, match=r"no LibriSpeech archive.*dev-other\.tar\.gz.*found: LibriSpeech\.zip"):
         prepare_main(prepare, tmp_path / "archives", tmp_path / "out")
-
-
-def test_progress_prints_a_line_per_interval_without_a_terminal(prepare, capsys, monkeypatch):
-    clock = iter([0.0, 30.0, 61.0, 62.0, 125.0])  # the start, then one reading per update
-    monkeypatch.setattr(prepare.time, "monotonic", lambda: next(clock))
-    progress = prepare.Progress("x: extracting", interval=60.0)
-    for _ in range(4):
-        progress.update(2_000_000)
-    lines = capsys.readouterr().out.splitlines()
-    assert lines == ["x: extracting: 2 files, 4.0 MB, 0.1 MB/s", "x: extracting: 4 files, 8.0 MB, 0.1 MB/s"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import data.wikitext103 as wikitext103
+import data.progress as progress
 from data.wikitext103 import SPLITS, load_corpus
 from novograd.engine import run
 from novograd.engine.compose import CONFIG_DIR, compose_config
@@ -151,7 +151,7 @@ def test_a_file_that_is_no_zip_is_not_reported_missing(tmp_path: Path) -> None:
 
 
 def test_long_steps_print_progress_lines_when_not_on_a_terminal(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(wikitext103, "PROGRESS_INTERVAL", 0.0)  # a line per chunk read instead of one a minute
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)  # a line per chunk read instead of one a minute
     prepare_from(official_zip(tmp_path), tmp_path / "wt103")
     out = capsys.readouterr().out
     assert "counting wiki.train.tokens: 0 of 0 MB" in out

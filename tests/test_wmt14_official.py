@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import data.progress
 import data.wmt14
 from data.wmt14 import TranslationDataset, read_meta
 from novograd.engine import run
@@ -99,7 +100,7 @@ def test_hub_source_offline_says_what_is_missing(tmp_path, corpus, monkeypatch):
 
 
 def test_long_steps_print_progress(tmp_path, corpus, monkeypatch, capsys):
-    monkeypatch.setattr(data.wmt14, "PROGRESS_INTERVAL_S", 1e-4)
+    monkeypatch.setattr(data.progress, "INTERVAL_S", 1e-4)
     prepare(tmp_path / "root", write_text_layout(tmp_path / "text", corpus))
     output = capsys.readouterr().out
     assert "BPE: sentences read: " in output and "/s, " in output
