@@ -101,7 +101,7 @@ def test_transformer_xl_rows_hold_the_paper_hyperparameters(row: str) -> None:
     assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.dropout) == (16, 512, 8, 0.15)
     assert (cfg.data.vocab_size, cfg.trainer.eval_micro_batch_size) == (267_735, 10)
     assert dict(cfg.data.eval) == {"tgt_len": 64, "mem_len": 640, "clamp_len": 400, "same_length": True,
-                                   "num_streams": 10}
+                                   "num_streams": 10, "warm_up": False}
 
 
 @pytest.mark.parametrize("row", sorted(JASPER_ROWS) + sorted(TXL_ROWS) + sorted(WMT_ROWS))
