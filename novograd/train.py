@@ -27,17 +27,18 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Any:
     """Train the configured experiment; returns the run's summary (final and best metrics)."""
-    settle_and_check(cfg)  # the optimizer swap, the debug warmup and every check that needs no model or data
-    from novograd.engine import run
     from novograd.engine.output_dir import no_empty_directories_left
     from novograd.engine.preemption import hand_on_signal, record_outcome
 
     runtime = HydraConfig.get().runtime
-    if cfg.get("experiment_name") is None and runtime.choices.get("debug") is None:  # a debug run reproduces no row
-        with open_dict(cfg):
-            cfg.experiment_name = runtime.choices.get("experiment")
-    # Hydra made its run folder before the run could fail, or say that it goes elsewhere (trainer.output_dir).
+    # Hydra made its run folder before a config error, a failure or trainer.output_dir could leave it unused.
     with no_empty_directories_left([Path(runtime.output_dir), Path(cfg.trainer.output_dir)]):
+        settle_and_check(cfg)  # the optimizer swap, the debug warmup and every check that needs no model or data
+        if cfg.get("experiment_name") is None and runtime.choices.get("debug") is None:  # debug runs reproduce no row
+            with open_dict(cfg):
+                cfg.experiment_name = runtime.choices.get("experiment")
+        from novograd.engine import run
+
         summary = run(cfg)
     record_outcome(summary)  # for novograd.engine.launcher: the run ended cleanly
     hand_on_signal(summary)  # submitit's handler (launcher=slurm) requeues the job now that everything is written

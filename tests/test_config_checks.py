@@ -81,9 +81,12 @@ def test_the_entry_point_reports_a_config_error_once_without_a_traceback_even_wi
     command = [sys.executable, "-m", "novograd.train", "experiment=table1/novograd_100ep", "logger=none",
                "optimizer.lr=-1", "+trainer.batchsize=8", f"data.root={tmp_path / 'no-imagenet-here'}",
                f"trainer.output_dir={tmp_path / 'run'}"]
-    result = subprocess.run(command, cwd=CONFIG_DIR.parent, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    work = tmp_path / "cwd"  # Hydra's run folder goes below the working directory
+    work.mkdir()
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONFIG_DIR.parent)})
     assert result.returncode == 2, result.stderr[-2000:]
+    assert list(work.iterdir()) == []  # Hydra's run folder does not outlive the error
     assert result.stderr.count("Config error (nothing was started)") == 1, result.stderr
     assert "optimizer.lr must be a positive number" in result.stderr and "+trainer.batchsize" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
