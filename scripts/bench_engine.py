@@ -69,7 +69,8 @@ def bare_steps_per_second(steps: int, overrides: list[str] = OVERRIDES) -> float
             synchronize(device)
             start = time.perf_counter()
         for _ in range(accumulation):
-            images, labels = (tensor.to(device, non_blocking=True) for tensor in next(stream))
+            batch = next(stream)  # data.imagenet.LabelledImage of tensors
+            images, labels = (tensor.to(device, non_blocking=True) for tensor in (batch.image, batch.label))
             loss = torch.nn.functional.cross_entropy(model(images), labels, reduction="sum") / cfg.trainer.batch_size
             loss.backward()
         optimizer.step()

@@ -140,14 +140,15 @@ def test_a_run_is_grouped_by_table_with_its_optimizer_as_job_type_and_a_flat_con
     assert {key: run.init["config"][key] for key in config} == config  # the nested resolved config, whole
     assert run.summary_goals == {f"eval/{name}": "min" for name in GOALS}
 
-    # Without logger.group, the group is still the row's table; a run of no row has none.
+    # Without logger.group, the group is still the row's table; a debug run has a group of its own, apart from rows.
     train_with_logger(tmp_path / "nogroup", {**config, "logger": {**config["logger"], "group": None}}, [])
     debug = run_config("table4/adam", "debug=smoke")
     train_with_logger(tmp_path / "debug", {**debug, "experiment_name": None, "logger": {**debug["logger"],
                                                                                        "group": None}}, [])
     nogroup, debug_run = list(recording_wandb.runs.values())[1:]
     assert nogroup.init["group"] == "table5"
-    assert debug_run.init["group"] is None and debug_run.init["job_type"] == "adam"
+    assert debug_run.init["group"] == "debug-smoke" and debug_run.init["job_type"] == "adam"
+    assert "debug" in debug_run.init["tags"]
     assert debug_run.init["config"]["table"] is None
 
 
