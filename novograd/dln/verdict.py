@@ -27,7 +27,7 @@ CONVERGED, OSCILLATING, STALLED, DIVERGED = range(len(VERDICTS))
 
 @dataclass(frozen=True)
 class VerdictCriteria:
-    """Thresholds of the verdicts (see the module docstring and the README for why these values)."""
+    """Thresholds of the verdicts (see the module docstring and docs/dln.md for why these values)."""
 
     loss_threshold: float = 0.01
     tail_steps: int = 50

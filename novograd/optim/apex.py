@@ -4,7 +4,8 @@ apex's NovoGrad defaults to a layer-wise Adam (bias correction on, weight decay 
 paper mode is `reg_inside_moment=True, bias_correction=False`, with the second moment started from the first
 gradient's norm (`init_zero=False`) and the L2 norm (`norm_type=2`). apex stores the norm rather than its square and
 adds eps outside the square root, and starts the momentum at zero, so it computes this package's
-`NovoGrad(eps_inside_sqrt=False, moment_init="zero")` with the same `grad_averaging` (the README's comparison table).
+`NovoGrad(eps_inside_sqrt=False, moment_init="zero")` with the same `grad_averaging` (the comparison table in
+docs/optimizer.md).
 
 apex is not on the package registries (the `apex` there is another project): it is built from NVIDIA's sources
 with its CUDA extensions, and runs on CUDA parameters only.
