@@ -160,8 +160,8 @@ def test_truncated_class_tar_stops_names_the_class_and_is_redone(tmp_path):
 
 
 def scipy_python() -> list[str] | None:
-    """A Python command that can import scipy: the README's `uv run --with scipy python` (offline: from uv's cache),
-    else this interpreter or python3 on PATH; None when there is none."""
+    """A Python command that can import scipy: docs/imagenet.md's `uv run --with scipy python` (offline: from uv's
+    cache), else this interpreter or python3 on PATH; None when there is none."""
     candidates = [["uv", "run", "--offline", "--frozen", "--with", "scipy", "python"], [sys.executable], ["python3"]]
     for command in candidates:
         if shutil.which(command[0]) is None:

@@ -1,5 +1,5 @@
-"""WMT14 end to end from the forms a user has it in: scripts/prepare_wmt14.py on the README's text layout with
-statmt.org's SGML test sets, two training steps and the final evaluation of the workload on the prepared data, and
+"""WMT14 end to end from the forms a user has it in: scripts/prepare_wmt14.py on docs/transformer-big.md's text layout
+with statmt.org's SGML test sets, two training steps and the final evaluation of the workload on the prepared data, and
 each bad input: the error names the file and line, nothing is marked complete, a re-run after the fix works."""
 
 from __future__ import annotations

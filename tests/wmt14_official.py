@@ -1,7 +1,7 @@
 """Tiny WMT14 en-de sources in the forms a user has them, for the tests of scripts/prepare_wmt14.py.
 
-- `write_text_layout`: the local text layout the README documents (train/newstest2013 as line-aligned text, both
-  newstest2014 sets as statmt.org's SGML files extracted from test-full.tgz and test-filtered.tgz).
+- `write_text_layout`: the local text layout docs/transformer-big.md documents (train/newstest2013 as line-aligned
+  text, both newstest2014 sets as statmt.org's SGML files extracted from test-full.tgz and test-filtered.tgz).
 - `install_sacrebleu_cache`: sacrebleu's own cache of `wmt14` en-de (the filtered newstest2014) as its download
   leaves it, pointed at a temporary directory, so the hub path's sacrebleu step runs offline.
 Made on the fly from a handful of sentence pairs.
@@ -55,7 +55,7 @@ def write_sgml(directory: Path, english: list[str], german: list[str]) -> None:
 
 
 def write_text_layout(directory: Path, corpus: dict[str, tuple[list[str], list[str]]]) -> Path:
-    """SOURCE=DIR as the README documents it, the test sets as the official SGML (test-full/, test/)."""
+    """SOURCE=DIR as docs/transformer-big.md documents it, the test sets as the official SGML (test-full/, test/)."""
     for split in ("train", "newstest2013"):
         for lang, lines in zip(("en", "de"), corpus[split]):
             write_lines(directory / f"{split}.{lang}", lines)
