@@ -40,7 +40,11 @@ def main(cfg: DictConfig) -> Any:
         from novograd.engine import run
 
         summary = run(cfg)
-    record_outcome(summary)  # for novograd.engine.launcher: the run ended cleanly
+    record_outcome(summary)  # for novograd.engine.launcher: the run ended cleanly, or diverged
+    if summary.get("diverged"):
+        from novograd.engine.nonfinite import EXIT_DIVERGED
+
+        sys.exit(EXIT_DIVERGED)  # its own status: not a crash, so the launcher does not restart it
     hand_on_signal(summary)  # submitit's handler (launcher=slurm) requeues the job now that everything is written
     return summary
 

@@ -122,7 +122,7 @@ def test_checkpoints_keep_the_last_k_and_best(tmp_path: Path) -> None:
     train(tmp_path, "trainer.max_steps=5", "trainer.checkpoint_every_steps=1", "trainer.keep_last_k=2",
           "trainer.eval_every_steps=2")
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert names == ["best.pt", "last.pt", "step_00000004.pt", "step_00000005.pt"]
+    assert names == ["best.pt", "last.pt", "previous.pt", "step_00000004.pt", "step_00000005.pt"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best_mse"] == min(
         json.loads(line)["eval/mse"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()

@@ -191,7 +191,7 @@ def test_engine_precision_hands_clipping_to_novograd_and_clips_others_itself(mod
         precision.backward(loss)
         scale = precision.scaler.get_scale() if mode == "fp16" else 1.0
         grads = [p.grad.clone() for p in model.parameters()]
-        grad_norm = precision.step(opt, model.parameters(), clip_norm=0.05)
+        grad_norm = precision.step(opt, model.parameters(), clip_norm=0.05, loss_sum=loss.detach()).grad_norm
 
         for p, g in zip(reference.parameters(), grads):
             p.grad = g / scale

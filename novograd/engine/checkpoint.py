@@ -1,34 +1,101 @@
-"""Checkpoints: `last.pt`, `best.pt` and the last k step checkpoints, written atomically.
+"""Checkpoints: `last.pt`, the one before it (`previous.pt`), `best.pt` and the last k step checkpoints.
 
 A checkpoint is one file holding everything a resumed run needs to continue bit-for-bit: model, optimizer,
 scheduler and loss-scaler states, the position (step, epoch, step within the epoch), every rank's generator
 states (gathered to rank 0, so one file is the whole truth and a preemption can never leave per-rank files out of
 step), best metrics and the W&B run id.
+
+What a save survives:
+- a kill during the save: the state goes to a temporary file that is renamed over `last.pt` only once complete;
+- a power loss after the save: the temporary file is fsynced before the rename and the directory after it, so the
+  rename never reaches the disk ahead of the data (a rename alone can, and leave a truncated `last.pt`);
+- damage found later (a truncated or unreadable `last.pt`): the previous checkpoint is kept as `previous.pt`
+  until the next one is durable, and `load_last` falls back to it, naming both files and their steps;
+- a full disk: `CheckpointSpaceError` names the directory, the bytes needed and free; the temporary file is
+  removed and the previous checkpoints are untouched.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 LAST = "last.pt"
+PREVIOUS = "previous.pt"
 BEST = "best.pt"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 _TEMPORARY_FILE = re.compile(r"^\..+\.tmp\d+$")  # `.last.pt.tmp<pid>`: what `atomic_save` writes before the rename
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger(__name__)
 
 
+class CheckpointSpaceError(OSError):
+    """The disk holding the checkpoints is full (or over quota); the message says what to free."""
+
+
+class CheckpointUnreadableError(RuntimeError):
+    """Neither `last.pt` nor `previous.pt` of a run could be read."""
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the renames and links in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (what a checkpoint of it needs on disk, to within its metadata)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(value) for value in obj)
+    return 0
+
+
+def _is_no_space(error: BaseException) -> bool:
+    # torch.save reports a failed write of its zip writer as a RuntimeError that names no errno.
+    return getattr(error, "errno", None) in _NO_SPACE or "No space left on device" in str(error)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file in the same directory, then rename: readers never see a partial file."""
+    """`torch.save` to a temporary file in the same directory, fsync, rename, fsync the directory: readers never
+    see a partial file, and after a power loss the file is either the old one or the whole new one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+    except (OSError, RuntimeError) as error:
+        tmp.unlink(missing_ok=True)
+        if _is_no_space(error):
+            free = shutil.disk_usage(path.parent).free
+            raise CheckpointSpaceError(
+                errno.ENOSPC,
+                f"No space left to write {path.name} in {path.parent}: a checkpoint needs about "
+                f"{_tensor_bytes(obj):,} bytes and {free:,} are free. The checkpoints already there are intact. "
+                "Free some space (or move trainer.output_dir to a larger disk), then re-run the same command to "
+                "resume from the last checkpoint.",
+            ) from error
+        raise
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
 
 
 def _atomic_link(source: Path, target: Path) -> None:
@@ -38,10 +105,13 @@ def _atomic_link(source: Path, target: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError:
-        import shutil
-
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    # weights_only=False: the file holds numpy and python generator states; it is this run's own output.
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 class CheckpointManager:
@@ -52,6 +122,7 @@ class CheckpointManager:
             raise ValueError(f"trainer.keep_last_k must be >= 0, got {keep_last_k}.")
         self.directory = directory
         self.keep_last_k = keep_last_k
+        self.loaded_path: Path | None = None  # the file `load_last` read: last.pt, or previous.pt after damage
         self.remove_stale_temporaries()
 
     def remove_stale_temporaries(self) -> None:
@@ -70,15 +141,24 @@ class CheckpointManager:
     def last_path(self) -> Path:
         return self.directory / LAST
 
+    @property
+    def previous_path(self) -> Path:
+        return self.directory / PREVIOUS
+
     def save(self, state: dict[str, Any], step: int, is_best: bool) -> Path:
-        """Write `state` as `last.pt`; link it as `best.pt` and `step_<step>.pt` when asked; prune old steps."""
+        """Write `state` as `last.pt`, keeping the checkpoint it replaces as `previous.pt`; link it as `best.pt`
+        and `step_<step>.pt` when asked; prune old steps."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.last_path.exists():
+            # Before the new file exists: a failed save leaves last.pt as it was, a successful one leaves both.
+            _atomic_link(self.last_path, self.previous_path)
         atomic_save(state, self.last_path)
         if is_best:
             _atomic_link(self.last_path, self.directory / BEST)
         if self.keep_last_k:
             _atomic_link(self.last_path, self.directory / f"step_{step:08d}.pt")
             self._prune()
+        _fsync_directory(self.directory)
         return self.last_path
 
     def _prune(self) -> None:
@@ -87,8 +167,34 @@ class CheckpointManager:
             old.unlink()
 
     def load_last(self) -> dict[str, Any] | None:
-        """The state of `last.pt`, or None when there is none (a fresh run)."""
+        """The state of `last.pt`, or of `previous.pt` when `last.pt` cannot be read (with a warning naming both
+        and their steps), or None when there is no checkpoint (a fresh run)."""
+        self.loaded_path = None
         if not self.last_path.exists():
             return None
-        # weights_only=False: the file holds numpy and python generator states; it is this run's own output.
-        return torch.load(self.last_path, map_location="cpu", weights_only=False)
+        try:
+            state = load_checkpoint(self.last_path)
+        except Exception as damage:  # torch.load's errors for a damaged file range from EOFError to RuntimeError
+            if not self.previous_path.exists():
+                raise CheckpointUnreadableError(
+                    f"{self.last_path} cannot be read ({type(damage).__name__}: {damage}) and there is no "
+                    f"{PREVIOUS} to fall back to. Move the file away to start the run afresh, or give another "
+                    "trainer.output_dir."
+                ) from damage
+            try:
+                state = load_checkpoint(self.previous_path)
+            except Exception as second:
+                raise CheckpointUnreadableError(
+                    f"Neither {self.last_path} ({type(damage).__name__}: {damage}) nor {self.previous_path} "
+                    f"({type(second).__name__}: {second}) can be read. Move them away to start the run afresh, "
+                    "or give another trainer.output_dir."
+                ) from second
+            log.warning(
+                "%s is damaged (%s: %s); resuming from %s (step %d) instead, so the steps after it are trained "
+                "again, exactly as before.", self.last_path, type(damage).__name__, damage, self.previous_path,
+                state["progress"]["step"],
+            )
+            self.loaded_path = self.previous_path
+            return state
+        self.loaded_path = self.last_path
+        return state

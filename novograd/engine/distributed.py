@@ -91,6 +91,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The maximum of `tensor` over ranks, in place (a no-op alone); on the device, so no host synchronisation."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's `obj` on every rank."""
     if not dist.is_initialized():

@@ -128,12 +128,15 @@ class TrainingStatus:
     unit: str
     elapsed_s: float  # the run's wall time so far, over all its segments
     eta_s: float
+    skipped_steps: int = 0  # non-finite steps not applied, so far in the run (shown only when there are some)
 
     def line(self) -> str:
         """e.g. `step 200/5000 | loss 3.4521 | lr 0.00699 | 2,014 images/s | elapsed 0:03:10 | ETA 1:16:05`."""
+        skipped = f" | skipped {self.skipped_steps} steps" if self.skipped_steps else ""
         return (
             f"step {self.step}/{self.total_steps} | loss {self.loss:.4f} | lr {self.lr:.3g} | "
             f"{self.throughput:,.0f} {self.unit}/s | elapsed {_duration(self.elapsed_s)} | ETA {_duration(self.eta_s)}"
+            f"{skipped}"
         )
 
     def postfix(self) -> dict[str, str]:
@@ -148,7 +151,7 @@ def summary_line(summary: dict[str, Any], total_steps: int | None = None) -> str
     """The one line that ends a run: how it ended, its final metrics, wall time and output directory."""
     metrics = ", ".join(
         f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in summary.items() if key not in _BOOKKEEPING
+        for key, value in summary.items() if key not in _BOOKKEEPING and not (key.startswith("skipped") and not value)
     ) or "no evaluation"
     steps = f"{summary['steps']}/{total_steps}" if total_steps else str(summary["steps"])
     ended = f"Stopped ({summary['stop_reason']}) at step {steps}" if summary.get("preempted") else f"Finished {steps} steps"

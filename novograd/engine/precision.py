@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import torch
 
+from novograd.engine.nonfinite import nonfinite_flag, step_unless
+
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class StepResult(NamedTuple):
+    grad_norm: torch.Tensor | None  # before clipping, when the step clipped
+    skipped: torch.Tensor  # 1.0 on the device when the step was not applied (non-finite), else 0.0
 
 
 class Precision:
@@ -34,9 +41,12 @@ class Precision:
         self.scaler.scale(loss).backward()
 
     def step(
-        self, optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], clip_norm: float | None
-    ) -> torch.Tensor | None:
-        """Unscale, clip to `clip_norm` (on the true gradients), step and update the scale; returns the norm.
+        self, optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], clip_norm: float | None,
+        loss_sum: torch.Tensor,
+    ) -> StepResult:
+        """Unscale, clip to `clip_norm` (on the true gradients), step unless the step is non-finite, and update the
+        scale. `loss_sum` is this rank's loss of the step (novograd/engine/nonfinite.py: what makes a step
+        non-finite, and how it is skipped).
 
         An optimizer that clips in its step (NovoGrad: `step(max_grad_norm=...)`, from the layer norms it computes
         anyway) is handed the clip norm, together with the loss scale through GradScaler's fused-optimizer
@@ -44,18 +54,36 @@ class Precision:
         over its own parameters, which are `params` when it optimises the whole model. Any other optimizer gets
         `clip_grad_norm_` on the unscaled gradients.
         """
+        in_step_clip = clip_norm is not None and getattr(optimizer, "clips_grad_norm_in_step", False)
+        step_kwargs = {"max_grad_norm": clip_norm} if in_step_clip else {}
         grad_norm = None
-        if clip_norm is None:
-            self.scaler.step(optimizer)
-        elif getattr(optimizer, "clips_grad_norm_in_step", False):
-            self.scaler.step(optimizer, max_grad_norm=clip_norm)
-            grad_norm = optimizer.grad_norm
+        if self.scaler.is_enabled():
+            # GradScaler finds inf/NaN in the gradients and skips the step itself; it backs the scale off exactly
+            # then, which tells a skipped step on the device (`_scale`: GradScaler's scale tensor, set by scale()).
+            scale_before = self.scaler._scale.clone()  # type: ignore[union-attr]
+            if clip_norm is not None and not in_step_clip:
+                self.scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(list(params), clip_norm)
+            self.scaler.step(optimizer, **step_kwargs)
+            self.scaler.update()
+            skipped = (self.scaler._scale < scale_before).float()  # type: ignore[operator]
         else:
-            self.scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(list(params), clip_norm)
-            self.scaler.step(optimizer)
-        self.scaler.update()
-        return grad_norm
+            params = list(params)
+            if clip_norm is not None and not in_step_clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                step_norm = grad_norm
+            else:
+                step_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            skipped = nonfinite_flag(loss_sum, step_norm)
+            step_unless(optimizer, skipped, **step_kwargs)
+        if in_step_clip:
+            grad_norm = optimizer.grad_norm  # type: ignore[attr-defined]
+        return StepResult(grad_norm, skipped)
+
+    @property
+    def loss_scale(self) -> torch.Tensor | None:
+        """fp16's current loss scale (a device tensor), else None."""
+        return self.scaler._scale if self.scaler.is_enabled() else None
 
 
 def enable_tf32() -> None:

@@ -69,7 +69,7 @@ def record_outcome(summary: dict[str, Any]) -> None:
     path = os.environ.get(OUTCOME_FILE_ENV)
     if not path or os.environ.get("LOCAL_RANK", "0") != "0":
         return
-    outcome = {key: summary.get(key) for key in ("steps", "preempted", "stop_reason", "output_dir")}
+    outcome = {key: summary.get(key) for key in ("steps", "preempted", "stop_reason", "output_dir", "diverged")}
     Path(path).write_text(json.dumps(outcome) + "\n")
 
 

@@ -26,6 +26,8 @@ from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
 from novograd.engine.logger import RunLogger, TrainingStatus, summary_line
+from novograd.engine.nonfinite import (
+    BufferSnapshot, Diverged, NonFinitePolicy, Rewind, SkipCounter, any_nonfinite, state_tensors)
 from novograd.engine.output_dir import ensure_writable_output_dir
 from novograd.engine.precision import Precision, enable_tf32
 from novograd.engine.preemption import PreemptionFlag, resume_instructions
@@ -52,6 +54,8 @@ class Progress:
     last_eval_step: int = -1
     last_metrics: dict[str, float] = field(default_factory=dict)
     skipped_train: int | None = None  # examples replaced for unreadable files; None: not counted
+    skipped_steps: int = 0  # optimizer steps not applied: non-finite, or dropped by a rewind (nonfinite.py)
+    rewinds: int = 0  # reloads of the last checkpoint after a non-finite step (trainer.nonfinite=rewind)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -68,6 +72,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         finished = distributed.broadcast_object(
             _finished_summary(output_dir) if cfg.trainer.resume and context.is_main else None
         )
+        if finished is not None and finished.get("diverged"):
+            log.error("This run diverged: %s. Nothing to train. %s", output_dir / SUMMARY_FILE,
+                      diverged_message(finished))
+            return finished
         if finished is not None:
             log.info(
                 "This run already finished: %s. Nothing to train. To train the same settings again, add seed=<n> "
@@ -87,6 +95,19 @@ def _finished_summary(output_dir: Path) -> dict[str, Any] | None:
     if not (summary_path.is_file() and (output_dir / LAST_CHECKPOINT).is_file()):
         return None
     return json.loads(summary_path.read_text())
+
+
+def diverged_message(summary: dict[str, Any]) -> str:
+    """What a diverged run tells its user: where, why, the last finite checkpoint, and what to try."""
+    checkpoint = (f"the last finite checkpoint is {summary['last_checkpoint']} (step {summary['last_checkpoint_step']})"
+                  if summary.get("last_checkpoint") else "no checkpoint was written before it")
+    other_precision = {"bf16": ", or trainer.precision=fp32 (or fp16, with its loss scaling)",
+                       "fp16": ", or trainer.precision=bf16 or fp32"}.get(summary.get("precision", ""), "")
+    return (
+        f"Diverged at step {summary['diverged_at_step']}: {summary['diverged_reason']}; {checkpoint}. Nothing "
+        "non-finite was applied, evaluated or saved. Try a lower optimizer.lr, a longer warmup, or gradient "
+        f"clipping (trainer.grad_clip_norm=1.0){other_precision}: each is a new run, in a new output directory."
+    )
 
 
 def _resolve_output_dir(configured: str, context: distributed.DistributedContext) -> Path:
@@ -182,6 +203,12 @@ class Trainer:
             raise ValueError("Set trainer.epochs or trainer.max_steps to a positive number.")
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps)
         self.precision = Precision(trainer_cfg.precision, context.device)
+        self.nonfinite = NonFinitePolicy(
+            trainer_cfg.nonfinite, trainer_cfg.max_consecutive_skips, trainer_cfg.max_rewinds,
+            trainer_cfg.min_loss_scale,
+        )
+        self.buffers = BufferSnapshot(self.model)
+        self.skips = SkipCounter(context.device)
         # Read once: a DictConfig lookup costs ~10 us, and these are consulted every step.
         self.grad_clip_norm = trainer_cfg.grad_clip_norm
         self.intervals = _Intervals(
@@ -196,7 +223,10 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer_cfg.keep_last_k)
         self.progress = Progress()
         self.wandb_run_id: str | None = None
-        self._restore(self.checkpoints.load_last() if trainer_cfg.resume else None)
+        if trainer_cfg.resume and (state := self.checkpoints.load_last()) is not None:
+            self._restore(state)
+            log.info("Resuming from step %d of %s (epoch %d).", self.progress.step, self.checkpoints.loaded_path,
+                     self.progress.epoch)
 
         if context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -242,6 +272,7 @@ class Trainer:
         }
 
     def _save_checkpoint(self, is_best: bool = False) -> None:
+        self._check_state()  # never a checkpoint of a non-finite step, weight or optimizer state
         self.progress.elapsed_s = self._elapsed()
         state = self._state()
         if self.context.is_main:
@@ -249,12 +280,10 @@ class Trainer:
         distributed.barrier()
         self._last_checkpoint = (self.progress.step, time.monotonic())
 
-    def _restore(self, state: dict[str, Any] | None) -> None:
-        if state is None:
-            return
+    def _restore(self, state: dict[str, Any]) -> None:
         if state["batch_size"] != self.cfg.trainer.batch_size:
             raise ValueError(
-                f"{self.checkpoints.last_path} was trained with trainer.batch_size={state['batch_size']}, not "
+                f"{self.checkpoints.loaded_path} was trained with trainer.batch_size={state['batch_size']}, not "
                 f"{self.cfg.trainer.batch_size}: resume with the same batch size, or choose a new trainer.output_dir."
             )
         self.model.load_state_dict(state["model"])
@@ -273,13 +302,71 @@ class Trainer:
                 "The checkpoint was written by %d ranks, this run has %d: generator states start afresh.",
                 len(state["rng"]), self.context.world_size,
             )
-        log.info("Resuming from step %d of %s (epoch %d).", self.progress.step, self.checkpoints.last_path,
-                 self.progress.epoch)
+
+    # ------------------------------------------------------------------------------------------ non-finite steps
+    def _check_skips(self) -> None:
+        """Read the skipped-step counts and apply `trainer.nonfinite` (raises Diverged or Rewind). Every rank
+        reads the same agreed counts at the same step, so all ranks act together."""
+        counts, policy, progress = self.skips.read(), self.nonfinite, self.progress
+        progress.skipped_steps += counts.skipped
+        loss_scale = self.precision.loss_scale
+        if loss_scale is not None:  # fp16: GradScaler's skips are its own; a collapsed scale is a divergence
+            if (scale := loss_scale.item()) < policy.min_loss_scale:
+                raise Diverged(progress.step, f"the fp16 loss scale fell to {scale:g}, below "
+                                              f"trainer.min_loss_scale={policy.min_loss_scale:g}")
+            return
+        if not counts.skipped:
+            return
+        reason = "the loss or the gradients were not finite"
+        if policy.policy == "stop":
+            raise Diverged(counts.first, f"{reason} (trainer.nonfinite=stop)")
+        if policy.policy == "rewind":
+            raise Rewind(counts.first, reason)
+        if counts.consecutive >= policy.max_consecutive_skips:
+            raise Diverged(counts.streak_start, f"{reason} in {counts.consecutive} steps in a row "
+                                                f"(trainer.max_consecutive_skips={policy.max_consecutive_skips})")
+        log.warning("step %d: %s; %d step(s) skipped, %d in this run", counts.first, reason, counts.skipped,
+                    progress.skipped_steps)
+
+    def _check_state(self) -> None:
+        """Before an evaluation or a checkpoint: no pending non-finite step, finite weights, buffers and
+        optimizer state (a finite update can still overflow them)."""
+        self._check_skips()
+        tensors = [*self.model.parameters(), *self.model.buffers(), *state_tensors(self.optimizer.state)]
+        if any_nonfinite(tensors, self.context.device):
+            reason = "the weights or the optimizer state are no longer finite (an update overflowed)"
+            if self.nonfinite.policy == "rewind":
+                raise Rewind(self.progress.step, reason)
+            raise Diverged(self.progress.step, reason)
+
+    def _rewind(self, rewind: Rewind) -> None:
+        """Back to the last checkpoint, then past every batch up to step `rewind.step`: their updates are dropped
+        (counted as skipped steps), the schedule and the data move on as if they had been skipped."""
+        policy, rewinds = self.nonfinite, self.progress.rewinds + 1
+        if rewinds > policy.max_rewinds:
+            raise Diverged(rewind.step, f"{rewind.reason}, after {policy.max_rewinds} rewinds "
+                                        f"(trainer.max_rewinds={policy.max_rewinds})")
+        state = self.checkpoints.load_last()
+        if state is None:
+            raise Diverged(rewind.step, f"{rewind.reason}, with no checkpoint to rewind to")
+        self._restore(state)
+        progress, resumed_from = self.progress, self.progress.step
+        while progress.step < rewind.step:
+            self._advance()
+            self.scheduler.step()
+        progress.rewinds = rewinds
+        progress.skipped_steps += rewind.step - resumed_from
+        self.skips.read()  # the counts of the dropped steps are spent
+        self._window.reset()
+        log.warning("step %d: %s; rewound to step %d of %s and moved past the batches up to step %d "
+                    "(rewind %d of at most %d)", rewind.step, rewind.reason, resumed_from,
+                    self.checkpoints.loaded_path, rewind.step, rewinds, policy.max_rewinds)
 
     # ---------------------------------------------------------------------------------------------- evaluation
     def _evaluate(self, final: bool = False) -> bool:
         """Evaluate (`final`: at the end of training), log, track the best metrics; True when the primary metric
         improved."""
+        self._check_state()  # a non-finite model is never scored
         metrics = evaluate(
             self.workload, self.eval_model, self.eval_loaders,
             lambda batch: to_device(batch, self.context.device, self.channels_last),
@@ -306,17 +393,21 @@ class Trainer:
     # -------------------------------------------------------------------------------------------------- training
     def _optimizer_step(
         self, micro_batches: Iterator[Any], num_micro_batches: int, global_count: float
-    ) -> tuple[torch.Tensor, float]:
-        """One optimizer step over this rank's micro-batches; returns (local loss sum, learning rate used)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step over this rank's micro-batches, not applied when non-finite (nonfinite.py); returns
+        (local loss sum, 1.0 on the device when the step was skipped, learning rate used)."""
+        self.buffers.take()
         loss_sum = accumulate_gradients(
             self.train_model, self.workload.loss, micro_batches, num_micro_batches, global_count,
             self.context.world_size, self.precision,
         )
         lr = self.optimizer.param_groups[0]["lr"]
-        self.precision.step(self.optimizer, self.model.parameters(), self.grad_clip_norm)
+        skipped = self.precision.step(self.optimizer, self.model.parameters(), self.grad_clip_norm, loss_sum).skipped
+        self.buffers.restore_where(skipped)
+        self.skips.add(skipped, self.progress.step + 1)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum, lr
+        return loss_sum, skipped, lr
 
     def _at_step_boundary(self, preemption: PreemptionFlag) -> str:
         """Before each optimizer step: the planned stop, then what the ranks' vote of the previous boundary decided
@@ -350,27 +441,45 @@ class Trainer:
         self._run_start, self._elapsed_before = time.perf_counter(), progress.elapsed_s
         self._segment_start = (progress.step, self._run_start)  # for the ETA
         self._last_checkpoint = (progress.step, time.monotonic())  # (step, time): a resumed run's is its start
-        stop_reason = ""
+        stop_reason, diverged = "", None
         with PreemptionFlag() as preemption:
-            while progress.step < self.total_steps and not stop_reason:
-                stop_reason = self._train_epoch(preemption)
-            if stop_reason:
-                self._save_checkpoint()
-            elif progress.last_eval_step != progress.step:
-                # Only reachable when a resumed run finds nothing left to train and no final evaluation yet.
-                improved = self._evaluate(final=True)
-                self._save_checkpoint(is_best=improved)
-        self.vote.close()  # not after an exception: waiting on a rank that failed would hang this one
+            try:
+                stop_reason = self._train(preemption)
+            except Diverged as error:  # raised on every rank at the same step: the ranks agree on the counts
+                diverged = error
+        self.vote.close()  # not after any other exception: waiting on a rank that failed would hang this one
 
-        summary = self._summary(stop_reason)
+        summary = self._diverged_summary(diverged) if diverged else self._summary(stop_reason)
         if self.context.is_main and not stop_reason:
             (self.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
             self.logger.write_summary(summary)
         self.logger.close()
+        if diverged:
+            log.error(diverged_message(summary))
+            return summary
         if stop_reason and self.context.is_main:
             log.warning(resume_instructions(stop_reason, progress.step, self.total_steps, self.checkpoints.last_path))
         log.info(summary_line(summary, self.total_steps))
         return summary
+
+    def _train(self, preemption: PreemptionFlag) -> str:
+        """Train to the end (evaluate and checkpoint there) or to a stop; rewinds as `trainer.nonfinite` asks.
+        The stop reason, or ''."""
+        progress = self.progress
+        while True:
+            try:
+                stop_reason = ""
+                while progress.step < self.total_steps and not stop_reason:
+                    stop_reason = self._train_epoch(preemption)
+                if stop_reason:
+                    self._save_checkpoint()
+                elif progress.last_eval_step != progress.step:
+                    # Only reachable when a resumed run finds nothing left to train and no final evaluation yet.
+                    improved = self._evaluate(final=True)
+                    self._save_checkpoint(is_best=improved)
+                return stop_reason
+            except Rewind as rewind:
+                self._rewind(rewind)
 
     def _train_epoch(self, preemption: PreemptionFlag) -> str:
         """Train from the current position to the end of its epoch (or of training); the stop reason, or ''."""
@@ -387,16 +496,22 @@ class Trainer:
             stop_reason = self._at_step_boundary(preemption)
             if stop_reason:
                 return stop_reason
-            loss_sum, lr = self._optimizer_step(micro_batches, num_micro_batches, global_count)
-            progress.step += 1
-            progress.step_in_epoch += 1
-            epoch_ended = progress.step_in_epoch == self.plan.steps_per_epoch(progress.epoch)
-            if epoch_ended:
-                progress.epoch += 1
-                progress.step_in_epoch = 0
-            self._window.add(loss_sum, global_count)
+            loss_sum, skipped, lr = self._optimizer_step(micro_batches, num_micro_batches, global_count)
+            epoch_ended = self._advance()
+            self._window.add(loss_sum, skipped, global_count)
             self._after_step(lr, epoch_ended)
         return ""
+
+    def _advance(self) -> bool:
+        """Move the position on by one optimizer step; True when that ended an epoch."""
+        progress = self.progress
+        progress.step += 1
+        progress.step_in_epoch += 1
+        epoch_ended = progress.step_in_epoch == self.plan.steps_per_epoch(progress.epoch)
+        if epoch_ended:
+            progress.epoch += 1
+            progress.step_in_epoch = 0
+        return epoch_ended
 
     def _after_step(self, lr: float, epoch_ended: bool) -> None:
         """Logging, evaluation and checkpoints due after the step just taken."""
@@ -418,23 +533,26 @@ class Trainer:
         return self._elapsed_before + time.perf_counter() - self._run_start
 
     def _log_window(self, lr: float) -> None:
+        self._check_skips()
         window, progress = self._window, self.progress
         elapsed = window.elapsed()
         sums = window.reduced_sums(self.workload.pop_train_stats())
-        mean_loss = sums.pop("loss") / window.count
+        scored = sums.pop("scored")  # the count of the steps that were applied: a skipped step's loss is left out
+        mean_loss = sums.pop("loss") / scored if scored else float("nan")
         throughput = window.count / elapsed
         if SKIPPED in sums:  # cumulative: a run's count of replaced examples, whatever the logging interval
             progress.skipped_train = (progress.skipped_train or 0) + round(sums.pop(SKIPPED))
         skipped = {} if progress.skipped_train is None else {"train/skipped_train": progress.skipped_train}
         self.logger.log(progress.step, {
             "train/loss": mean_loss, "train/lr": lr, "train/throughput": throughput, "epoch": self._epoch_float(),
+            "train/skipped_steps": progress.skipped_steps,
         } | skipped | {f"train/{name}": value for name, value in self.workload.train_metrics(sums).items()})
         segment_step, segment_time = self._segment_start
         seconds_per_step = (time.perf_counter() - segment_time) / (progress.step - segment_step)  # with evaluations
         self.logger.advance(window.steps, TrainingStatus(
             step=progress.step, total_steps=self.total_steps, loss=mean_loss, lr=lr, throughput=throughput,
             unit=self.workload.count_unit, elapsed_s=self._elapsed(),
-            eta_s=seconds_per_step * (self.total_steps - progress.step),
+            eta_s=seconds_per_step * (self.total_steps - progress.step), skipped_steps=progress.skipped_steps,
         ))
         window.reset()
 
@@ -445,16 +563,35 @@ class Trainer:
         summary |= {f"best_{name}": value for name, value in progress.best.items()}
         if progress.skipped_train is not None:
             summary["skipped_train"] = progress.skipped_train
-        summary |= {
+        summary |= self._run_facts()
+        if stop_reason:
+            summary |= {"preempted": True, "stop_reason": stop_reason}
+        return summary
+
+    def _run_facts(self) -> dict[str, Any]:
+        progress = self.progress
+        return {
+            "skipped_steps": progress.skipped_steps,
             "steps": progress.step,
             "epochs": round(self._epoch_float(), 4),
             "wall_time_s": progress.elapsed_s,
             "world_size": self.context.world_size,
             "output_dir": str(self.output_dir),
         }
-        if stop_reason:
-            summary |= {"preempted": True, "stop_reason": stop_reason}
-        return summary
+
+    def _diverged_summary(self, error: Diverged) -> dict[str, Any]:
+        """A diverged run's record: where and why, the last finite checkpoint, and no metric (never scored)."""
+        last = self.checkpoints.last_path
+        last_step = None
+        if last.exists():
+            from novograd.engine.checkpoint import load_checkpoint
+
+            last_step = load_checkpoint(last)["progress"]["step"] if self.context.is_main else None
+        return {
+            "diverged": True, "diverged_at_step": error.step, "stop_reason": "diverged",
+            "diverged_reason": error.reason, "precision": self.precision.mode,
+            "last_checkpoint": str(last) if last_step is not None else None, "last_checkpoint_step": last_step,
+        } | self._run_facts()
 
 
 @dataclass(frozen=True)
@@ -473,15 +610,20 @@ class _LogWindow:
     """Loss and count of the steps since the last log record, and the training time they took."""
 
     def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), device=device)  # on the device: no host sync per step
+        # On the device, so no host sync per step: the loss of the applied steps, and their count.
+        self.loss = torch.zeros((), device=device)
+        self.scored = torch.zeros((), dtype=torch.float64, device=device)
         self.reset()
 
     def reset(self) -> None:
         self.loss.zero_()
+        self.scored.zero_()
         self.count, self.steps, self.start = 0.0, 0, time.perf_counter()
 
-    def add(self, loss_sum: torch.Tensor, count: float) -> None:
-        self.loss += loss_sum
+    def add(self, loss_sum: torch.Tensor, skipped: torch.Tensor, count: float) -> None:
+        applied = skipped == 0
+        self.loss += torch.where(applied, loss_sum, 0.0)  # a select: a skipped step's NaN stays out
+        self.scored += applied.double() * count
         self.count += count
         self.steps += 1
 
@@ -495,7 +637,7 @@ class _LogWindow:
     def reduced_sums(self, extra: dict[str, float]) -> dict[str, float]:
         """The window's loss and the workload's `extra` sums, each added over ranks (one all-reduce)."""
         names = sorted(extra)
-        values = torch.stack([self.loss.double(), *(torch.tensor(float(extra[n]), dtype=torch.float64,
+        values = torch.stack([self.loss.double(), self.scored, *(torch.tensor(float(extra[n]), dtype=torch.float64,
                                                                  device=self.loss.device) for n in names)])
         summed = distributed.all_reduce_sum(values).tolist()
-        return {"loss": summed[0]} | dict(zip(names, summed[1:]))
+        return {"loss": summed[0], "scored": summed[1]} | dict(zip(names, summed[2:]))

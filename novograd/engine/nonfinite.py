@@ -1,0 +1,179 @@
+"""Non-finite steps: found before the optimizer applies them, never applied, never saved.
+
+Every optimizer step is checked on the device: the loss and the global gradient norm (the one gradient clipping
+computes anyway, else one `get_total_norm` pass) must be finite on every rank, which a MAX all-reduce of the flag
+makes all ranks agree on. A flagged step is not applied: the weights, the optimizer state and the model's buffers
+(BatchNorm statistics, which the forward pass already moved) stay as they were; its batch is consumed and the
+learning-rate schedule advances, as under fp16's dynamic loss scaling, whose skipped steps are the same thing.
+Optimizers that take GradScaler's `found_inf` protocol (torch's fused SGD/Adam/AdamW) skip on the device, so the
+flag is read on the host only every `trainer.log_every_steps` and before evaluations and checkpoints; any other
+optimizer needs it on the host before its step (one read per step, as GradScaler makes for it in fp16).
+
+Then `trainer.nonfinite` decides (`NonFinitePolicy`):
+- `skip` (default): go on, up to `trainer.max_consecutive_skips` skipped steps in a row, then end as diverged;
+- `stop`: end as diverged at the first non-finite step;
+- `rewind`: reload the last checkpoint and move past every batch up to the offending one (their updates are
+  dropped, as skipped steps: PaLM's remedy for loss spikes), at most `trainer.max_rewinds` times, then diverge.
+In fp16 GradScaler keeps skipping steps with inf/NaN gradients as it always has (counted as skipped steps); the
+run diverges when the loss scale falls below `trainer.min_loss_scale`, as fairseq's `min_loss_scale`.
+
+A model whose weights or optimizer state are non-finite anyway (a finite but huge update overflowed) is never
+evaluated or saved: `assert_finite_state` ends the run as diverged, or rewinds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from novograd.engine.distributed import all_reduce_max
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from torch import nn
+
+POLICIES = ("skip", "stop", "rewind")
+
+#: Exit status of a run that ended as diverged (0: finished or preempted, 1: crashed, 2: a usage error).
+EXIT_DIVERGED = 3
+
+
+class Diverged(Exception):
+    """The run cannot go on: `step` is the first non-finite step of the streak that ended it."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"step {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+class Rewind(Exception):
+    """Reload the last checkpoint and move past the batches up to `step` (policy `rewind`)."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"step {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class NonFinitePolicy:
+    """`trainer.nonfinite` and its limits."""
+
+    policy: str = "skip"
+    max_consecutive_skips: int = 5
+    max_rewinds: int = 3
+    min_loss_scale: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"trainer.nonfinite must be one of {', '.join(POLICIES)}, got {self.policy!r}.")
+        if self.max_consecutive_skips < 1 or self.max_rewinds < 0:
+            raise ValueError("trainer.max_consecutive_skips must be >= 1 and trainer.max_rewinds >= 0.")
+
+
+def nonfinite_flag(loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+    """1.0 (fp32, on the device) when this rank's loss or the gradient norm is not finite on any rank, else 0.0."""
+    ok = torch.isfinite(loss_sum.to(grad_norm.device)) & torch.isfinite(grad_norm)
+    return all_reduce_max((~ok).float())
+
+
+def applies_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` reads GradScaler's `found_inf` and skips by it (torch's fused optimizers)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def step_unless(optimizer: torch.optim.Optimizer, found: torch.Tensor, **step_kwargs: Any) -> None:
+    """`optimizer.step(**step_kwargs)` unless `found` (a device flag) is set."""
+    if applies_found_inf(optimizer):
+        optimizer.found_inf = found  # type: ignore[attr-defined]
+        try:
+            optimizer.step(**step_kwargs)
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+    elif not found.item():
+        optimizer.step(**step_kwargs)
+
+
+def decided_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
+    """Whether a skipped step is known on the device only (the host reads the flags now and then, not per step)."""
+    return device.type == "cuda" and applies_found_inf(optimizer)
+
+
+class BufferSnapshot:
+    """The model's buffers before a step, put back where the step is skipped (the forward pass moves BatchNorm's
+    running statistics before anyone knows the step is bad). On the device, in a few kernels per dtype."""
+
+    def __init__(self, model: nn.Module) -> None:
+        groups: dict[torch.dtype, list[torch.Tensor]] = {}
+        for buffer in model.buffers():
+            groups.setdefault(buffer.dtype, []).append(buffer)
+        self.groups = list(groups.values())
+        self.saved = [[buffer.clone() for buffer in buffers] for buffers in self.groups]
+
+    def take(self) -> None:
+        for buffers, saved in zip(self.groups, self.saved):
+            torch._foreach_copy_(saved, buffers)
+
+    def restore_where(self, found: torch.Tensor) -> None:
+        """Buffers back to the snapshot where `found` is set (NaN-proof: a select, not arithmetic)."""
+        for buffers, saved in zip(self.groups, self.saved):
+            current = torch.cat([b.reshape(-1) for b in buffers])
+            kept = torch.where(found.bool(), torch.cat([s.reshape(-1) for s in saved]), current)
+            torch._foreach_copy_(buffers, [piece.view_as(b) for piece, b in
+                                           zip(kept.split([b.numel() for b in buffers]), buffers)])
+
+
+class SkipCounter:
+    """Skipped steps counted on the device, read by the host now and then (`read`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        # [skipped since the last read, skipped in a row now, first step of that streak, first skipped step since
+        # the last read]; a step number of 0 means none (steps count from 1).
+        self.counts = torch.zeros(4, dtype=torch.float64, device=device)
+
+    def add(self, found: torch.Tensor, step: int) -> None:
+        """Count step number `step` (from 1) as skipped where `found` is set."""
+        counts, flag = self.counts, found.to(torch.float64)
+        here = flag * step
+        counts[2] = torch.where(counts[1] > 0, counts[2], here) * flag
+        counts[3] = torch.where(counts[3] > 0, counts[3], here)
+        counts[1] = (counts[1] + 1) * flag
+        counts[0] += flag
+
+    def read(self) -> SkipCounts:
+        """The counts (one host read); starts the next period."""
+        skipped, consecutive, streak_start, first = (round(value) for value in self.counts.tolist())
+        self.counts[0] = 0
+        self.counts[3] = 0
+        return SkipCounts(skipped, consecutive, streak_start, first)
+
+
+@dataclass(frozen=True)
+class SkipCounts:
+    skipped: int  # steps skipped since the previous read
+    consecutive: int  # steps skipped in a row, up to the last step
+    streak_start: int  # the first step of those
+    first: int  # the first step skipped since the previous read (0: none)
+
+
+def any_nonfinite(tensors: Iterable[torch.Tensor], device: torch.device) -> bool:
+    """Whether any floating tensor of `tensors` holds an inf or a NaN on any rank (one host read; exact, unlike a
+    norm, which overflows for large finite values)."""
+    flags = [~torch.isfinite(t.detach()).all() for t in tensors if t.is_floating_point()]
+    flag = torch.stack([f.to(device) for f in flags]).any().float() if flags else torch.zeros((), device=device)
+    return bool(all_reduce_max(flag).item())
+
+
+def state_tensors(state: Any) -> list[torch.Tensor]:
+    """Every tensor of a nested state (an optimizer's `state` dict)."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for value in state.values() for t in state_tensors(value)]
+    if isinstance(state, (list, tuple)):
+        return [t for value in state for t in state_tensors(value)]
+    return []
