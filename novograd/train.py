@@ -18,6 +18,7 @@ from omegaconf import DictConfig, open_dict
 import novograd.engine  # noqa: F401  (registers the resolvers configs/config.yaml uses; torch is not imported)
 from novograd.engine.compose import settle_and_check
 from novograd.engine.config_checks import missing_launcher_plugin
+from novograd.engine.exit_codes import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_NO_SPACE
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")  # the repository's configs/
 
@@ -38,12 +39,18 @@ def main(cfg: DictConfig) -> Any:
             with open_dict(cfg):
                 cfg.experiment_name = runtime.choices.get("experiment")
         from novograd.engine import run
+        from novograd.engine.checkpoint import CheckpointSpaceError
 
-        summary = run(cfg)
+        try:
+            summary = run(cfg)
+        except CheckpointSpaceError as error:  # one message, and a status the launcher does not restart
+            log.error("%s", error.strerror)
+            sys.exit(EXIT_NO_SPACE)
+        except KeyboardInterrupt:  # before training started (the trainer reports one during training)
+            log.warning("Interrupted before training started; nothing of this run was written.")
+            sys.exit(EXIT_INTERRUPTED)
     record_outcome(summary)  # for novograd.engine.launcher: the run ended cleanly, or diverged
     if summary.get("diverged"):
-        from novograd.engine.nonfinite import EXIT_DIVERGED
-
         sys.exit(EXIT_DIVERGED)  # its own status: not a crash, so the launcher does not restart it
     hand_on_signal(summary)  # submitit's handler (launcher=slurm) requeues the job now that everything is written
     return summary

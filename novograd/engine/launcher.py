@@ -11,7 +11,14 @@ and leaves the workers running without it. This launcher is torchrun (same optio
 - exit status 0 after a signal when every worker on this node ended the run cleanly (it finished, or stopped
   with its checkpoint written: local rank 0 records that in a file named by `NOVOGRAD_RUN_OUTCOME_FILE`), and
   128 + the signal's number, as a killed process, when they did not.
-Any other failure ends as torchrun's does. Options given on the command line or in the environment win.
+Options given on the command line or in the environment win.
+
+A crashed worker (an exception, a kill, a lost GPU) restarts the workers of this node, which resume from the last
+checkpoint, up to `--max-restarts` times (environment `PET_MAX_RESTARTS`, default `DEFAULT_MAX_RESTARTS`), with
+one line saying which rank died, how, and which restart this is. The launcher restarts torchrun itself (torchrun
+runs with `--max-restarts=0`) so that it can read why the workers ended: a failure that a restart cannot fix
+(`exit_codes.NOT_RESTARTED`: a divergence, a usage error, a full disk, an interrupt) ends the job at once with the
+worker's own status, where torchrun's agent would restart every failure alike.
 
 Before torchrun starts any worker, a `-m novograd.train` command is checked (`check_training_command`): every job
 of it (each combination of a `-m` sweep) is composed with Hydra's compose API, settled as the workers will settle
@@ -29,8 +36,11 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from novograd.engine.exit_codes import NOT_RESTARTED
 from novograd.engine.preemption import OUTCOME_FILE_ENV, PREEMPTION_SIGNALS
 
 TRAINING_MODULE = "novograd.train"
@@ -38,6 +48,8 @@ TRAINING_MODULE = "novograd.train"
 _INSPECTING_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
 
 log = logging.getLogger("novograd.launcher")
+
+DEFAULT_MAX_RESTARTS = 3
 
 DEFAULTS = {
     "PET_SIGNALS_TO_HANDLE": ",".join(["SIGINT", "SIGHUP", "SIGQUIT", *(sig.name for sig in PREEMPTION_SIGNALS)]),
@@ -51,7 +63,9 @@ def exit_status(received: signal.Signals, outcome_file: Path) -> int:
         log.error("%s: the workers ended without recording a checkpoint; exiting %d.", received.name, 128 + received)
         return 128 + received
     outcome = json.loads(outcome_file.read_text())
-    if outcome.get("preempted"):
+    if outcome.get("preempted") and received == signal.SIGINT:
+        pass  # the workers printed where they stopped and how to resume: that is the whole story
+    elif outcome.get("preempted"):
         log.warning("%s: the workers stopped at step %s with a checkpoint in %s; exiting 0 (resume from there).",
                     received.name, outcome["steps"], outcome["output_dir"])
     else:
@@ -147,11 +161,66 @@ def check_training_command(argv: list[str]) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def without_max_restarts(argv: list[str]) -> tuple[list[str], int]:
+    """`argv`'s torchrun part with its `--max-restarts` taken out, and the number of restarts it asked for
+    (else `PET_MAX_RESTARTS`, else `DEFAULT_MAX_RESTARTS`)."""
+    split = _training_args(argv)
+    end = len(split[0]) if split else len(argv)
+    kept, restarts, tokens = [], os.environ.get("PET_MAX_RESTARTS", str(DEFAULT_MAX_RESTARTS)), iter(argv[:end])
+    for token in tokens:
+        name, equals, value = token.partition("=")
+        if name in ("--max-restarts", "--max_restarts"):
+            restarts = value if equals else next(tokens, "")
+        else:
+            kept.append(token)
+    if not restarts.isdigit():
+        raise SystemExit(f"--max-restarts must be a whole number >= 0, got {restarts!r}.")
+    return kept + argv[end:], int(restarts)
+
+
+def describe_failure(failure: Any) -> str:
+    """`rank 1 (pid 4242) was killed by SIGKILL` or `rank 0 (pid 4242) exited with status 1`, from torchrun's
+    ChildFailedError."""
+    rank, process = failure.get_first_failure()
+    how = (f"was killed by {process.signal_name()}" if process.exitcode < 0
+           else f"exited with status {process.exitcode}")
+    return f"rank {rank} (pid {process.pid}) {how}"
+
+
+def run_with_restarts(torchrun: Callable[[list[str]], None], argv: list[str], max_restarts: int) -> int:
+    """Run torchrun on `argv`; restart it after a crash that a restart can fix, at most `max_restarts` times."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    for restart in range(max_restarts + 1):
+        with tempfile.TemporaryDirectory(prefix="novograd-launcher-") as scratch:
+            outcome_file = Path(scratch) / "outcome.json"
+            os.environ[OUTCOME_FILE_ENV] = str(outcome_file)  # inherited by the workers
+            try:
+                torchrun(argv)
+                return 0
+            except SignalException as stop:
+                return exit_status(stop.sigval, outcome_file)
+            except ChildFailedError as failure:
+                status = failure.get_first_failure()[1].exitcode
+                if status in NOT_RESTARTED:  # the workers said why; a restart would end the same way
+                    log.error("The workers ended with status %d (%s): not restarted.", status, NOT_RESTARTED[status])
+                    return status
+                if restart == max_restarts:
+                    log.error("%s; no restart left (--max-restarts=%d). Re-run the same command to resume from "
+                              "the last checkpoint.", describe_failure(failure), max_restarts)
+                    return 1
+                log.warning("%s; restart %d of %d: the workers resume from the last checkpoint.",
+                            describe_failure(failure), restart + 1, max_restarts)
+    raise AssertionError("unreachable")
+
+
+def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import main as torchrun
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # torchrun's agent reports each failure, signal and shutdown in several lines; this launcher says it in one.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
     split = _training_args(argv)
     if split:
@@ -162,14 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, value in DEFAULTS.items():
         os.environ.setdefault(name, value)
-    with tempfile.TemporaryDirectory(prefix="novograd-launcher-") as scratch:
-        outcome_file = Path(scratch) / "outcome.json"
-        os.environ[OUTCOME_FILE_ENV] = str(outcome_file)  # inherited by the workers
-        try:
-            torchrun(argv)
-        except SignalException as stop:
-            return exit_status(stop.sigval, outcome_file)
-    return 0
+    argv, max_restarts = without_max_restarts(argv)
+    return run_with_restarts(torchrun, ["--max-restarts=0", *argv], max_restarts)
 
 
 if __name__ == "__main__":

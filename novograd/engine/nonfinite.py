@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 
 POLICIES = ("skip", "stop", "rewind")
 
-#: Exit status of a run that ended as diverged (0: finished or preempted, 1: crashed, 2: a usage error).
-EXIT_DIVERGED = 3
-
 
 class Diverged(Exception):
     """The run cannot go on: `step` is the first non-finite step of the streak that ended it."""

@@ -22,6 +22,8 @@ from types import FrameType
 from typing import Any
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Ctrl-C stops like a preemption (at the next step boundary, with a checkpoint); a second one aborts at once.
+STOP_SIGNALS = (*PREEMPTION_SIGNALS, signal.SIGINT)
 
 # Set by `novograd.engine.launcher` for its workers: where local rank 0 records how the run ended, so that the
 # launcher can tell a run that checkpointed after the signal from one that was killed.
@@ -29,7 +31,8 @@ OUTCOME_FILE_ENV = "NOVOGRAD_RUN_OUTCOME_FILE"
 
 
 class PreemptionFlag:
-    """Context manager that turns preemption signals into `requested = True` and restores the old handlers."""
+    """Context manager that turns stop signals into `requested = True` and restores the old handlers. A second
+    SIGINT raises KeyboardInterrupt: Ctrl-C twice aborts without waiting for the step boundary."""
 
     def __init__(self) -> None:
         self.signal_number = 0  # of the last preemption signal received; 0: none
@@ -43,10 +46,15 @@ class PreemptionFlag:
         return signal.Signals(self.signal_number).name if self.signal_number else ""
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            if self.signal_number == signal.SIGINT:
+                raise KeyboardInterrupt
+            if os.environ.get("RANK", "0") == "0":  # os.write: logging is not safe inside a signal handler
+                os.write(2, b"Ctrl-C: stopping after the next step, with a checkpoint (Ctrl-C again aborts now).\n")
         self.signal_number = signum
 
     def __enter__(self) -> PreemptionFlag:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in PREEMPTION_SIGNALS}
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,6 +25,7 @@ from novograd.engine.batches import to_device
 from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
+from novograd.engine.exit_codes import EXIT_INTERRUPTED
 from novograd.engine.logger import RunLogger, TrainingStatus, summary_line
 from novograd.engine.nonfinite import (
     BufferSnapshot, Diverged, NonFinitePolicy, Rewind, SkipCounter, any_nonfinite, state_tensors)
@@ -83,7 +84,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
             log.info(summary_line(finished))
             return finished
-        return Trainer(cfg, context, output_dir).fit()
+        trainer = Trainer(cfg, context, output_dir)
+        try:
+            return trainer.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, so say which one a re-run resumes from
+            log.warning(trainer.interrupted_message())
+            raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         if owns_process_group:
             distributed.destroy_distributed()
@@ -222,6 +228,7 @@ class Trainer:
         self.vote = distributed.DeferredVote(num_flags=2)
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer_cfg.keep_last_k)
         self.progress = Progress()
+        self._last_checkpoint = (0, time.monotonic())  # (step, time) of the last checkpoint written or resumed
         self.wandb_run_id: str | None = None
         if trainer_cfg.resume and (state := self.checkpoints.load_last()) is not None:
             self._restore(state)
@@ -270,6 +277,12 @@ class Trainer:
             "batch_size": self.cfg.trainer.batch_size,
             "wandb_run_id": self.wandb_run_id,
         }
+
+    def interrupted_message(self) -> str:
+        saved = self._last_checkpoint[0] if self.checkpoints.last_path.exists() else None
+        kept = (f"the last checkpoint is {self.checkpoints.last_path} (step {saved}); re-run the same command to "
+                "resume from it" if saved is not None else "no checkpoint was written; a re-run starts afresh")
+        return f"Interrupted at step {self.progress.step}: {kept}."
 
     def _save_checkpoint(self, is_best: bool = False) -> None:
         self._check_state()  # never a checkpoint of a non-finite step, weight or optimizer state
