@@ -42,8 +42,8 @@ def test_claims_hold_fail_lack_runs_and_count_a_divergence_against_its_row(tmp_p
 
     assert verdict_row(claims, "t1-100ep") == [HOLDS, HOLDS]
     # The margin: 2 standard errors of the difference (2 x 0.14 / sqrt(2)), above the tolerance of 0.15.
-    assert ("- top1, better than: NovoGrad, cosine, lr 0.007, wd 0.002, 100 epochs: 77.10 ± 0.14 (n=2); against "
-            "SGD, poly (2), lr 0.4, wd 0.0001, 100 epochs: 76.00 (n=1): difference +1.10, margin 0.20 → holds") in claims
+    assert ("- top1, better than: NovoGrad, cosine, lr 0.007, wd 0.002, 100 epochs: 77.10 ± 0.14 (n=2); against SGD, "
+            "poly (2), lr 0.4, wd 0.0001, 100 epochs: 76.00 (n=1): difference +1.10, margin 0.20 → holds") in claims
     assert verdict_row(claims, "t1-200ep-beats") == [FAILS, HOLDS]  # 76.2 against SGD's 76.3
     assert verdict_row(claims, "t4-lower-wer") == [NO_RUNS, HOLDS]
     # The 300-epoch row diverged: "no overfitting" does not hold, visibly, and the run is in no mean.

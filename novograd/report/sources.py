@@ -36,8 +36,11 @@ from omegaconf import OmegaConf
 from novograd.engine.logger import FINAL_PREFIX, METRICS_FILE, STEP_METRIC, wandb_api_key_configured
 from novograd.engine.run_config import CONFIG_FILE, SUMMARY_FILE
 
-# One point of a run's history: "step", "epoch" and the metric asked for.
+# One point of a run's history: "step", "epoch", the metric asked for and, where the record has it, TRAIN_ELAPSED.
 Record = dict[str, float]
+# The training wall time at an evaluation, evaluation and checkpoint time left out, resumed segments added up: each
+# evaluation record holds it (novograd.engine.trainer.Trainer._evaluate; runs before it lack it).
+TRAIN_ELAPSED = "train/elapsed_s"
 
 # Why a run is not tabulated: the keys of the `set_aside` counters.
 DEBUG = "debug runs (debug=..., which reproduce no row)"
@@ -78,6 +81,7 @@ def _jsonl_history(path: Path) -> Callable[[str], list[Record]]:
     def history(metric: str) -> list[Record]:
         return [
             {"step": r["step"], "epoch": r.get("epoch", float("nan")), metric: r[metric]}
+            | ({TRAIN_ELAPSED: r[TRAIN_ELAPSED]} if TRAIN_ELAPSED in r else {})
             for r in records() if metric in r
         ]
 
@@ -152,9 +156,13 @@ def final_metrics(summary_metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _wandb_history(run: WandbRun) -> Callable[[str], list[Record]]:
     def history(metric: str) -> list[Record]:
-        # scan_history returns only the rows that hold every key asked for: the eval rows for an eval metric.
-        rows = run.scan_history(keys=[STEP_METRIC, "epoch", metric])
-        return [{"step": row[STEP_METRIC], "epoch": row["epoch"], metric: row[metric]} for row in rows]
+        # scan_history returns only the rows that hold every key asked for: the eval rows for an eval metric, with
+        # their training time where the run logged it.
+        rows = list(run.scan_history(keys=[STEP_METRIC, "epoch", metric, TRAIN_ELAPSED])) if metric.startswith(
+            "eval/") else []
+        rows = rows or list(run.scan_history(keys=[STEP_METRIC, "epoch", metric]))
+        return [{"step": row[STEP_METRIC], "epoch": row["epoch"], metric: row[metric]}
+                | ({TRAIN_ELAPSED: row[TRAIN_ELAPSED]} if TRAIN_ELAPSED in row else {}) for row in rows]
 
     return history
 

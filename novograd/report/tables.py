@@ -4,16 +4,18 @@ Reads the paper's numbers from `results/paper/tables.yaml` and every finished ru
 a directory with `summary.json` and `config.yaml`; its `experiment_name` says which row it ran) or from a W&B
 project (`--from wandb`); debug, preempted and unfinished runs are set aside, and the report says how many and
 why. Writes one Markdown table per paper table to `results/tables/<table>.md` (git-ignored, like
-`results/figures/`: the report is yours, and regenerating it never dirties a checkout): the paper's value, and the mean, sample standard deviation and count of the runs that
-reproduce the row, for each of the paper's columns; a diverged run is in no mean, the line under its row says at
-which step it diverged. The paper's claims are judged from the same runs into `results/tables/claims.md`
-(`novograd/report/claims.py`). The tables and the claims' summary line are printed too. `--debug` compares the
-debug runs (`debug=smoke`, ...) instead, each as a run of its row's debug twin: the same tables and claims, for a
-look at the machinery, never at the paper's numbers. A run reproduces its row only when its config matches the
-row's own config on every key that defines the row (`novograd/report/matching.py`); the row's other runs are
-listed below the table as variants, grouped by what differs, and are never in the row's mean. Figures 3 and 4 are
-drawn from the same runs' histories into `results/figures/` (`novograd/report/figures.py`). `--to wandb` also logs
-every table and figure to one run of the W&B project (`novograd/report/to_wandb.py`).
+`results/figures/`: the report is yours, and regenerating it never dirties a checkout): the paper's value, and the
+mean, sample standard deviation and count of the runs that reproduce the row, for each of the paper's columns; a
+diverged run is in no mean, the line under its row says at which step it diverged. A run reproduces its row only
+when its config matches the row's own config on every key that defines the row (`novograd/report/matching.py`);
+the row's other runs are listed below the table as variants, grouped by what differs, and are never in the row's
+mean. From the same runs: the paper's claims judged into `results/tables/claims.md` (`novograd/report/claims.py`),
+each row's steps and training time to its table's target into `results/tables/time_to_target.md`
+(`novograd/report/targets.py`), and Figures 3 and 4 drawn from the runs' histories into `results/figures/`
+(`novograd/report/figures.py`). The tables and the claims' summary line are printed too. `--debug` compares the
+debug runs (`debug=smoke`, ...) instead, each as a run of its row's debug twin: the same tables and claims, a look
+at the machinery, never at the paper's numbers. `--to wandb` also logs every table and figure to one run of the
+W&B project (`novograd/report/to_wandb.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from novograd.report.claims import load_claims, summary_line, write_claims
 from novograd.report.figures import write_figures
 from novograd.report.rows import Line, RowRuns, sort_runs, table_lines
 from novograd.report.sources import Run, local_runs, wandb_api, wandb_runs
+from novograd.report.targets import write_times
 from novograd.report.to_wandb import log_comparison
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in tables:
         print(f"\n{(args.out / f'{name}.md').read_text()}")
     verdicts = write_claims(claims, tables, rows, args.out)
+    times = write_times(tables, rows, claims["goals"], args.out)
+    print(f"\n{times.read_text()}")
     print(f"Claims: {summary_line(verdicts)} {args.out / 'claims.md'}")
     figures = write_figures(tables, rows, args.figures)
     if args.to == "wandb":
