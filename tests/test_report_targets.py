@@ -85,4 +85,31 @@ def test_runs_reach_the_target_at_their_first_evaluation_that_does(tmp_path, cap
     assert "### Table 4: dev-clean ≤ 13.2" in text
     assert "| NovoGrad (`table4/novograd`) | 0 of 1 | missed | missed |" in text
     assert "| Adam (`table4/adam`) | 1 of 1 | 80 | not logged |" in text  # 3 + 80/8 = 13 <= 13.2 at epoch 8
+    assert "- steps to target, over table4: score adam 1.000, novograd 0.000, sgd 0.000" in text
+    assert "- training time to target: no table has runs that reached its target yet." in text  # Adam's not logged
+    assert (tmp_path / "figures" / "performance_profiles.png").is_file()
     assert "# Time to target" in capsys.readouterr().out
+
+
+def test_the_performance_profile_of_known_times_is_algoperfs():
+    """Three workloads, three optimizers; by hand: ratios a (1, 2, 1), b (2, 1, inf), c (4, 4, 2)."""
+    import numpy as np
+
+    from novograd.report.profiles import performance_ratios, profile, score
+
+    times = {"w1": {"a": 10.0, "b": 20.0, "c": 40.0}, "w2": {"a": 6.0, "b": 3.0, "c": 12.0},
+             "w3": {"a": 5.0, "b": math.inf, "c": 10.0}, "missed by all": {"a": math.inf}}
+    ratios = performance_ratios(times)
+    assert ratios == {"a": {"w1": 1.0, "w2": 2.0, "w3": 1.0}, "b": {"w1": 2.0, "w2": 1.0, "w3": math.inf},
+                      "c": {"w1": 4.0, "w2": 4.0, "w3": 2.0}}
+    taus = np.array([1.0, 1.5, 2.0, 3.99, 4.0])
+    assert profile(ratios["a"], taus).tolist() == pytest.approx([2 / 3, 2 / 3, 1, 1, 1])
+    assert profile(ratios["b"], taus).tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
+    assert profile(ratios["c"], taus).tolist() == pytest.approx([0, 0, 1 / 3, 1 / 3, 1])
+    # Areas over [1, 4] / 3: a (3 + 2 + 3) / 9, b (2 + 3 + 0) / 9, c (0 + 0 + 2) / 9.
+    assert [score(ratios[name]) for name in "abc"] == pytest.approx([8 / 9, 5 / 9, 2 / 9])
+    # The exact area agrees with a fine numerical integration of the profile (a negative control on the formula).
+    grid = np.linspace(1.0, 4.0, 300_001)
+    for name in "abc":
+        assert score(ratios[name]) == pytest.approx(np.trapezoid(profile(ratios[name], grid), grid) / 3, abs=1e-4)
+    assert performance_ratios({"w": {"a": 1.0}, "v": {"b": 2.0}})["a"] == {"w": 1.0, "v": math.inf}  # b only on v

@@ -11,10 +11,11 @@ when its config matches the row's own config on every key that defines the row (
 the row's other runs are listed below the table as variants, grouped by what differs, and are never in the row's
 mean. From the same runs: the paper's claims judged into `results/tables/claims.md` (`novograd/report/claims.py`),
 each row's steps and training time to its table's target into `results/tables/time_to_target.md`
-(`novograd/report/targets.py`), and Figures 3 and 4 drawn from the runs' histories into `results/figures/`
-(`novograd/report/figures.py`). The tables and the claims' summary line are printed too. `--debug` compares the
-debug runs (`debug=smoke`, ...) instead, each as a run of its row's debug twin: the same tables and claims, a look
-at the machinery, never at the paper's numbers. `--to wandb` also logs every table and figure to one run of the
+(`novograd/report/targets.py`) with the optimizers' performance profiles (`novograd/report/profiles.py`, figure in
+`results/figures/`), and Figures 3 and 4 drawn from the runs' histories (`novograd/report/figures.py`). The
+tables and the claims' summary line are printed too. `--debug` compares the debug runs (`debug=smoke`, ...)
+instead, each as a run of its row's debug twin: the same tables and claims, a look at the machinery, never at the
+paper's numbers. `--to wandb` also logs every table and figure to one run of the
 W&B project (`novograd/report/to_wandb.py`).
 """
 
@@ -31,7 +32,8 @@ from novograd.report.claims import load_claims, summary_line, write_claims
 from novograd.report.figures import write_figures
 from novograd.report.rows import Line, RowRuns, sort_runs, table_lines
 from novograd.report.sources import Run, local_runs, wandb_api, wandb_runs
-from novograd.report.targets import write_times
+from novograd.report.profiles import write_profiles
+from novograd.report.targets import render_times
 from novograd.report.to_wandb import log_comparison
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,10 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in tables:
         print(f"\n{(args.out / f'{name}.md').read_text()}")
     verdicts = write_claims(claims, tables, rows, args.out)
-    times = write_times(tables, rows, claims["goals"], args.out)
-    print(f"\n{times.read_text()}")
+    profiles, profile_figure = write_profiles(tables, rows, claims["goals"], args.figures)
+    times = f"{render_times(tables, rows, claims['goals'])}\n{profiles}"
+    (args.out / "time_to_target.md").write_text(times)
+    print(f"\n{times}")
     print(f"Claims: {summary_line(verdicts)} {args.out / 'claims.md'}")
-    figures = write_figures(tables, rows, args.figures)
+    figures = write_figures(tables, rows, args.figures) + ([profile_figure] if profile_figure else [])
     if args.to == "wandb":
         log_comparison(tables, lines, figures, args.dln, args.entity, args.project, args.out.parent)
 

@@ -18,7 +18,6 @@ import math
 import statistics
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from novograd.report.rows import RowRuns
@@ -118,10 +117,3 @@ def render_times(tables: dict[str, Any], rows: dict[str, RowRuns], goals: dict[s
     if len(out) == 3:
         out += ["", "No run of a paper row yet."]
     return "\n".join(out) + "\n"
-
-
-def write_times(tables: dict[str, Any], rows: dict[str, RowRuns], goals: dict[str, str], out_dir: Path) -> Path:
-    path = out_dir / "time_to_target.md"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_times(tables, rows, goals))
-    return path
