@@ -51,6 +51,7 @@ class Progress:
     epoch: int = 0
     step_in_epoch: int = 0
     elapsed_s: float = 0.0
+    paused_s: float = 0.0  # of elapsed_s, the time spent evaluating and checkpointing
     best: dict[str, float] = field(default_factory=dict)
     last_eval_step: int = -1
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -286,11 +287,13 @@ class Trainer:
 
     def _save_checkpoint(self, is_best: bool = False) -> None:
         self._check_state()  # never a checkpoint of a non-finite step, weight or optimizer state
+        started = time.perf_counter()
         self.progress.elapsed_s = self._elapsed()
         state = self._state()
         if self.context.is_main:
             self.checkpoints.save(state, self.progress.step, is_best)
         distributed.barrier()
+        self.progress.paused_s += time.perf_counter() - started
         self._last_checkpoint = (self.progress.step, time.monotonic())
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -380,6 +383,7 @@ class Trainer:
         """Evaluate (`final`: at the end of training), log, track the best metrics; True when the primary metric
         improved."""
         self._check_state()  # a non-finite model is never scored
+        started, train_s = time.perf_counter(), self._elapsed() - self.progress.paused_s
         metrics = evaluate(
             self.workload, self.eval_model, self.eval_loaders,
             lambda batch: to_device(batch, self.context.device, self.channels_last),
@@ -396,7 +400,9 @@ class Trainer:
             if best is None or (metrics[name] > best if goal == "max" else metrics[name] < best):
                 progress.best[name] = metrics[name]
                 improved |= name == self.workload.primary_metric
-        self.logger.log(progress.step, {f"eval/{k}": v for k, v in metrics.items()} | {"epoch": self._epoch_float()})
+        self.logger.log(progress.step, {f"eval/{k}": v for k, v in metrics.items()} | {"epoch": self._epoch_float(),
+                                                                                       "train/elapsed_s": train_s})
+        progress.paused_s += time.perf_counter() - started
         log.info("step %d eval: %s", progress.step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return improved
 

@@ -60,14 +60,16 @@ def row_differences(run_config: dict[str, Any], row_config: dict[str, Any]) -> l
 
 
 @cache
-def row_config(experiment: str) -> dict[str, Any] | None:
-    """The resolved config `experiment=<experiment>` composes to, or None when there is no such experiment."""
+def row_config(experiment: str, debug_mode: str | None = None) -> dict[str, Any] | None:
+    """The resolved config `experiment=<experiment>` composes to (with `debug=<debug_mode>`: the row's debug twin,
+    which a debug run reproduces), or None when there is no such experiment."""
     from hydra.errors import MissingConfigException
 
     from novograd.engine.compose import compose_config
 
+    overrides = [f"experiment={experiment}", *([f"debug={debug_mode}"] if debug_mode else [])]
     try:
-        cfg = compose_config([f"experiment={experiment}"], output_dir="row")  # the path is not compared
+        cfg = compose_config(overrides, output_dir="row")  # the path is not compared
     except MissingConfigException:
         return None
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -3,7 +3,7 @@ figures (`figures.py`) and the W&B comparison (`to_wandb.py`) are drawn from.
 
 `sort_runs` files each finished run under its row, as a reproduction or as a variant (`matching.py` decides);
 `table_lines` turns a paper table and those runs into its lines: the paper's rows with the statistics of their
-reproducing runs, then the variants.
+reproducing runs, then the variants. A diverged run is in no statistic: its line names the step it diverged at.
 """
 
 from __future__ import annotations
@@ -50,13 +50,21 @@ class Line:
     paper: dict[str, float]
     stats: dict[str, Stat | None]  # per metric; None when no run has it
     runs: int
+    diverged: tuple[int, ...] = ()  # the step each diverged run of the line diverged at
+
+    def diverged_note(self) -> str:
+        """'diverged at step 812 (1 of 3 runs)', or '' when no run diverged."""
+        if not self.diverged:
+            return ""
+        steps = ", ".join(str(step) for step in self.diverged)
+        return f"diverged at step {steps} ({len(self.diverged)} of {self.runs} runs)"
 
 
 def sort_runs(runs: list[Run]) -> dict[str, RowRuns]:
     """The runs of each experiment that has a config, split into the row's reproductions and its variants."""
     by_experiment: dict[str, RowRuns] = {}
     for run in runs:
-        reference = row_config(run.experiment)
+        reference = row_config(run.experiment, run.debug_mode)
         if reference is None:
             continue
         row = by_experiment.setdefault(run.experiment, RowRuns([], defaultdict(list)))
@@ -68,9 +76,15 @@ def sort_runs(runs: list[Run]) -> dict[str, RowRuns]:
     return by_experiment
 
 
+def diverged_steps(runs: list[Run]) -> tuple[int, ...]:
+    """The step at which each diverged run of `runs` diverged, in order."""
+    return tuple(sorted(step for run in runs if (step := run.diverged_at_step) is not None))
+
+
 def metric_stat(runs: list[Run], metric: str) -> Stat | None:
-    """The metric's mean, spread and count over the runs whose summary has it."""
-    values = [float(run.summary[metric]) for run in runs if run.summary.get(metric) is not None]
+    """The metric's mean, spread and count over the runs whose summary has it (never a diverged run's)."""
+    values = [float(run.summary[metric]) for run in runs
+              if run.summary.get(metric) is not None and not run.summary.get("diverged")]
     if not values:
         return None
     return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
@@ -84,8 +98,10 @@ def table_lines(table: dict[str, Any], rows: dict[str, RowRuns]) -> list[Line]:
         experiment = row.get("experiment")
         row_runs = rows.get(experiment) or RowRuns([], {})
         stats = {metric: metric_stat(row_runs.reproducing, metric) for metric in metrics}
-        paper_lines.append(Line(row["label"], experiment, (), row["paper"], stats, len(row_runs.reproducing)))
+        paper_lines.append(Line(row["label"], experiment, (), row["paper"], stats, len(row_runs.reproducing),
+                                diverged_steps(row_runs.reproducing)))
         for differences, runs in row_runs.variants.items():
             stats = {metric: metric_stat(runs, metric) for metric in metrics}
-            variant_lines.append(Line(row["label"], experiment, differences, {}, stats, len(runs)))
+            variant_lines.append(Line(row["label"], experiment, differences, {}, stats, len(runs),
+                                      diverged_steps(runs)))
     return paper_lines + variant_lines

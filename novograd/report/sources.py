@@ -13,7 +13,12 @@ paper's column names, and its logged history for the figures.
 Both leave out, and count by reason into the `set_aside` counter they are given (`make tables` prints it), the
 runs that are no finished run of a row: debug runs (`debug=...`, which name no row), preempted runs (stopped
 before the end, to be resumed) and, locally, unfinished ones (a `config.yaml` without `summary.json`: running,
-failed or killed).
+failed or killed). `local_runs(..., debug=True)` (`make tables ARGS=--debug`) keeps the debug runs instead, each
+under the row its directory names (`results/runs/<table>/<row>/...`, where `make <row> ARGS=debug=smoke` puts it),
+so that the report compares them as it compares the paper's runs, never mixed with them.
+
+A diverged run (its summary says `"diverged": true`, with `diverged_at_step`; a non-finite model is never scored, so
+it has no final metrics) is a finished run: for an optimizer comparison its divergence is the result.
 """
 
 from __future__ import annotations
@@ -31,13 +36,17 @@ from omegaconf import OmegaConf
 from novograd.engine.logger import FINAL_PREFIX, METRICS_FILE, STEP_METRIC, wandb_api_key_configured
 from novograd.engine.run_config import CONFIG_FILE, SUMMARY_FILE
 
-# One point of a run's history: "step", "epoch" and the metric asked for.
+# One point of a run's history: "step", "epoch", the metric asked for and, where the record has it, TRAIN_ELAPSED.
 Record = dict[str, float]
+# The training wall time at an evaluation, evaluation and checkpoint time left out, resumed segments added up: each
+# evaluation record holds it (novograd.engine.trainer.Trainer._evaluate; runs before it lack it).
+TRAIN_ELAPSED = "train/elapsed_s"
 
 # Why a run is not tabulated: the keys of the `set_aside` counters.
 DEBUG = "debug runs (debug=..., which reproduce no row)"
 PREEMPTED = "preempted (stopped before the end: re-run the same command to resume)"
 UNFINISHED = "unfinished (no final metrics: still running, failed or killed)"
+NOT_DEBUG = "runs of paper rows (--debug compares debug runs only)"
 
 
 @dataclass
@@ -48,6 +57,15 @@ class Run:
     config: dict[str, Any]
     summary: dict[str, Any]
     history: Callable[[str], list[Record]] = field(repr=False)
+    debug_mode: str | None = None  # the debug mode of a debug run kept with --debug
+
+    @property
+    def diverged_at_step(self) -> int | None:
+        """The step at which the run diverged, or None for a run that did not."""
+        if not self.summary.get("diverged"):
+            return None
+        step = self.summary.get("diverged_at_step")
+        return int(step if step is not None else self.summary.get("steps", 0))
 
 
 # ------------------------------------------------------------------------------------------------------ local files
@@ -63,15 +81,23 @@ def _jsonl_history(path: Path) -> Callable[[str], list[Record]]:
     def history(metric: str) -> list[Record]:
         return [
             {"step": r["step"], "epoch": r.get("epoch", float("nan")), metric: r[metric]}
+            | ({TRAIN_ELAPSED: r[TRAIN_ELAPSED]} if TRAIN_ELAPSED in r else {})
             for r in records() if metric in r
         ]
 
     return history
 
 
-def local_runs(runs_dir: Path, set_aside: Counter[str] | None = None) -> list[Run]:
-    """Every finished run under `runs_dir` that names the experiment it ran (none when the directory is absent);
-    the others are counted by reason into `set_aside`."""
+def _experiment_of_directory(run_dir: Path, runs_dir: Path) -> str | None:
+    """The row a debug run's directory names (`<runs_dir>/<table>/<row>/<settings>`), else None."""
+    parts = run_dir.relative_to(runs_dir).parts
+    return "/".join(parts[:2]) if len(parts) >= 3 and parts[0].startswith("table") else None
+
+
+def local_runs(runs_dir: Path, set_aside: Counter[str] | None = None, debug: bool = False) -> list[Run]:
+    """Every finished run under `runs_dir` that names the experiment it ran (none when the directory is absent),
+    or with `debug` every finished debug run under the row its directory names; the others are counted by reason
+    into `set_aside`."""
     runs, set_aside = [], Counter() if set_aside is None else set_aside
     for config_path in sorted(runs_dir.rglob(CONFIG_FILE)) if runs_dir.is_dir() else []:
         if "wandb" in config_path.relative_to(runs_dir).parts:  # W&B's copy of the config, in its run folder
@@ -83,13 +109,16 @@ def local_runs(runs_dir: Path, set_aside: Counter[str] | None = None) -> list[Ru
             set_aside[UNFINISHED] += 1
             continue
         summary = json.loads(summary_path.read_text())
+        debug_mode = config.get("debug_mode")  # type: ignore[union-attr]
+        if debug:
+            experiment = _experiment_of_directory(config_path.parent, runs_dir) if debug_mode else None
         if not experiment:
-            set_aside[DEBUG] += 1
+            set_aside[DEBUG if debug_mode or not debug else NOT_DEBUG] += 1
         elif summary.get("preempted"):
             set_aside[PREEMPTED] += 1
         else:
             runs.append(Run(experiment, config, summary,  # type: ignore[arg-type]
-                            _jsonl_history(summary_path.with_name(METRICS_FILE))))
+                            _jsonl_history(summary_path.with_name(METRICS_FILE)), debug_mode))
     return runs
 
 
@@ -127,9 +156,13 @@ def final_metrics(summary_metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _wandb_history(run: WandbRun) -> Callable[[str], list[Record]]:
     def history(metric: str) -> list[Record]:
-        # scan_history returns only the rows that hold every key asked for: the eval rows for an eval metric.
-        rows = run.scan_history(keys=[STEP_METRIC, "epoch", metric])
-        return [{"step": row[STEP_METRIC], "epoch": row["epoch"], metric: row[metric]} for row in rows]
+        # scan_history returns only the rows that hold every key asked for: the eval rows for an eval metric, with
+        # their training time where the run logged it.
+        rows = list(run.scan_history(keys=[STEP_METRIC, "epoch", metric, TRAIN_ELAPSED])) if metric.startswith(
+            "eval/") else []
+        rows = rows or list(run.scan_history(keys=[STEP_METRIC, "epoch", metric]))
+        return [{"step": row[STEP_METRIC], "epoch": row["epoch"], metric: row[metric]}
+                | ({TRAIN_ELAPSED: row[TRAIN_ELAPSED]} if TRAIN_ELAPSED in row else {}) for row in rows]
 
     return history
 
@@ -150,7 +183,11 @@ def wandb_runs(api: WandbApi, entity: str | None, project: str, experiments: Ite
     runs, set_aside = [], Counter() if set_aside is None else set_aside
     for run in api.runs(path, filters=wandb_filters(experiments)):
         config = dict(run.config)
-        summary = final_metrics(dict(run.summary_metrics))
+        summary_metrics = dict(run.summary_metrics)
+        summary = final_metrics(summary_metrics)
+        if summary_metrics.get("diverged"):  # the fail-safe's keys, with or without the `final/` prefix
+            step = summary_metrics.get("diverged_at_step", summary.get("diverged_at_step"))
+            summary |= {"diverged": True, "diverged_at_step": step}
         experiment = config.get("experiment_name")
         if not experiment:
             set_aside[DEBUG] += 1

@@ -4,12 +4,19 @@ Reads the paper's numbers from `results/paper/tables.yaml` and every finished ru
 a directory with `summary.json` and `config.yaml`; its `experiment_name` says which row it ran) or from a W&B
 project (`--from wandb`); debug, preempted and unfinished runs are set aside, and the report says how many and
 why. Writes one Markdown table per paper table to `results/tables/<table>.md` (git-ignored, like
-`results/figures/`: the report is yours, and regenerating it never dirties a checkout): the paper's value, and the mean, sample standard deviation and count of the runs that
-reproduce the row, for each of the paper's columns. A run reproduces its row only when its config matches the
-row's own config on every key that defines the row (`novograd/report/matching.py`); the row's other runs are
-listed below the table as variants, grouped by what differs, and are never in the row's mean. Figures 3 and 4 are
-drawn from the same runs' histories into `results/figures/` (`novograd/report/figures.py`). `--to wandb` also logs
-every table and figure to one run of the W&B project (`novograd/report/to_wandb.py`).
+`results/figures/`: the report is yours, and regenerating it never dirties a checkout): the paper's value, and the
+mean, sample standard deviation and count of the runs that reproduce the row, for each of the paper's columns; a
+diverged run is in no mean, the line under its row says at which step it diverged. A run reproduces its row only
+when its config matches the row's own config on every key that defines the row (`novograd/report/matching.py`);
+the row's other runs are listed below the table as variants, grouped by what differs, and are never in the row's
+mean. From the same runs: the paper's claims judged into `results/tables/claims.md` (`novograd/report/claims.py`),
+each row's steps and training time to its table's target into `results/tables/time_to_target.md`
+(`novograd/report/targets.py`) with the optimizers' performance profiles (`novograd/report/profiles.py`, figure in
+`results/figures/`), and Figures 3 and 4 drawn from the runs' histories (`novograd/report/figures.py`). The
+tables and the claims' summary line are printed too. `--debug` compares the debug runs (`debug=smoke`, ...)
+instead, each as a run of its row's debug twin: the same tables and claims, a look at the machinery, never at the
+paper's numbers. `--to wandb` also logs every table and figure to one run of the
+W&B project (`novograd/report/to_wandb.py`).
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from novograd.report.claims import load_claims, summary_line, write_claims
 from novograd.report.figures import write_figures
 from novograd.report.rows import Line, RowRuns, sort_runs, table_lines
 from novograd.report.sources import Run, local_runs, wandb_api, wandb_runs
+from novograd.report.profiles import write_profiles
+from novograd.report.targets import render_times
 from novograd.report.to_wandb import log_comparison
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +63,8 @@ def render_markdown(table: dict[str, Any], lines: list[Line]) -> str:
         if line.differences:
             variants.append(f"| `{line.experiment}` | {'; '.join(line.differences)} | " + " | ".join(ours)
                             + f" | {line.runs} |")
+            if line.diverged:
+                variants.append(f"| ↳ {line.diverged_note()} |" + " |" * (len(metrics) + 2))
             continue
         if line.experiment is None:
             cells = [f"{line.label} (reference, not a run)"] + [
@@ -62,6 +74,8 @@ def render_markdown(table: dict[str, Any], lines: list[Line]) -> str:
                 (f"{line.paper[metric]:.2f}" if metric in line.paper else "-") + f" | {mine}"
                 for metric, mine in zip(metrics, ours)] + [str(line.runs)]
         out.append("| " + " | ".join(cells) + " |")
+        if line.diverged:  # for an optimizer comparison a divergence is a result: under its row, never in a mean
+            out.append(f"| ↳ {line.diverged_note()} |" + " |" * (len(header) - 1))
     if any(line.runs > 1 for line in lines):
         out += ["", "Ours: mean ± sample standard deviation (n = runs) where several runs reproduce a row."]
     if variants:
@@ -84,11 +98,15 @@ def write_tables(tables: dict[str, Any], rows: dict[str, RowRuns], out_dir: Path
 
 
 def collect(source: str, runs_dir: Path, entity: str | None, project: str, tables: dict[str, Any],
-            set_aside: Counter[str]) -> list[Run]:
-    """The finished runs of the chosen source; the others counted by reason into `set_aside`."""
+            set_aside: Counter[str], debug: bool = False) -> list[Run]:
+    """The finished runs of the chosen source (with `debug`: the debug runs); the others counted by reason into
+    `set_aside`."""
     if source == "wandb":
+        if debug:
+            raise SystemExit("--debug compares the debug runs in --runs (W&B groups them apart: debug-<mode>-<table>); "
+                             "leave out --from wandb.")
         return wandb_runs(wandb_api(), entity, project, paper_experiments(tables), set_aside)
-    return local_runs(runs_dir, set_aside)
+    return local_runs(runs_dir, set_aside, debug)
 
 
 def census(where: str, runs: list[Run], rows: dict[str, RowRuns], set_aside: Counter[str]) -> str:
@@ -121,14 +139,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--to", choices=("files", "wandb"), default="files",
                         help="wandb: also log the tables, figures and the DLN study's figures to one run of the "
                              "W&B project (the files are written either way)")
+    parser.add_argument("--debug", action="store_true",
+                        help="compare the debug runs (debug=smoke, ...) side by side, each as a run of its row's "
+                             "debug twin, instead of the paper's runs")
     parser.add_argument("--dln", type=Path, default=REPO / "results" / "dln",
                         help="the deep linear network study's output (`make dln`), logged with --to wandb")
     args = parser.parse_args(argv)
 
     tables = load_paper_tables()
     set_aside: Counter[str] = Counter()
-    runs = collect(args.source, args.runs, args.entity, args.project, tables, set_aside)
+    claims = load_claims(tables=tables)
+    runs = collect(args.source, args.runs, args.entity, args.project, tables, set_aside, args.debug)
     where = f"W&B project {args.project}" if args.source == "wandb" else str(args.runs)
+    if args.debug:
+        where = f"debug runs of {where} (each judged against its row's debug twin, not the paper)"
     rows = sort_runs(runs)
     rows = {experiment: row for experiment, row in rows.items() if experiment in paper_experiments(tables)}
     print(census(where, runs, rows, set_aside))
@@ -137,8 +161,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Runs of experiments that are no paper row with a config, not tabulated: {', '.join(unknown)}")
     lines = write_tables(tables, rows, args.out)
     for name in tables:
-        print(args.out / f"{name}.md")
-    figures = write_figures(tables, rows, args.figures)
+        print(f"\n{(args.out / f'{name}.md').read_text()}")
+    verdicts = write_claims(claims, tables, rows, args.out)
+    profiles, profile_figure = write_profiles(tables, rows, claims["goals"], args.figures)
+    times = f"{render_times(tables, rows, claims['goals'])}\n{profiles}"
+    (args.out / "time_to_target.md").write_text(times)
+    print(f"\n{times}")
+    print(f"Claims: {summary_line(verdicts)} {args.out / 'claims.md'}")
+    figures = write_figures(tables, rows, args.figures) + ([profile_figure] if profile_figure else [])
     if args.to == "wandb":
         log_comparison(tables, lines, figures, args.dln, args.entity, args.project, args.out.parent)
 

@@ -1,0 +1,119 @@
+"""Time-to-target and steps-to-target: how long each run trained before its first evaluation that reached its
+table's target, as MLCommons AlgoPerf scores a training run.
+
+The target of a table is on its first column (`results/paper/tables.yaml`: top-1, dev-clean WER, validation
+perplexity, SacreBLEU): the worst final value the paper reports among the table's rows that this suite runs, so that
+every row reached it in the paper (Table 1: SGD's 200-epoch 76.33 top-1). A run's time to it is the training wall
+time (`train/elapsed_s` of the evaluation record: evaluation and checkpoint time left out, resumed segments added
+up) and its steps the optimizer steps, both at the first evaluation whose value reaches the target; a run that never
+reaches it (a diverged run included, unless it reached it before diverging) misses, an infinite time. Runs logged
+before evaluation records held their training time have steps-to-target only. Table 7's SacreBLEU is computed at
+the final evaluation only (intermediate ones decode newstest2013), so its time-to-target is the run's length or a
+miss.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from novograd.report.rows import RowRuns
+from novograd.report.sources import TRAIN_ELAPSED, Run
+
+
+@dataclass(frozen=True)
+class Target:
+    """A table's target: `metric` reaching `value` (at least for `goal` max, at most for min)."""
+
+    metric: str
+    title: str
+    value: float
+    goal: str
+
+    def reached(self, value: float) -> bool:
+        return value >= self.value if self.goal == "max" else value <= self.value
+
+    def __str__(self) -> str:
+        return f"{self.title} {'≥' if self.goal == 'max' else '≤'} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class Reached:
+    """Where a run first reached its target: the step and the training time (None: the run did not log it)."""
+
+    step: int
+    seconds: float | None
+
+
+def table_target(table: dict[str, Any], goals: dict[str, str]) -> Target | None:
+    """The table's target (module docstring), or None when no row that runs has a paper value for its metric."""
+    metric, title = next(iter(table["metrics"].items()))
+    values = [row["paper"][metric] for row in table["rows"] if "experiment" in row and metric in row["paper"]]
+    if not values:
+        return None
+    goal = goals[metric]
+    return Target(metric, title, min(values) if goal == "max" else max(values), goal)
+
+
+def time_to_target(run: Run, target: Target) -> Reached | None:
+    """The first evaluation of `run` that reached `target`, or None (a miss)."""
+    key = f"eval/{target.metric}"
+    for record in sorted(run.history(key), key=lambda r: r["step"]):
+        if math.isfinite(record[key]) and target.reached(record[key]):
+            return Reached(int(record["step"]), record.get(TRAIN_ELAPSED))
+    return None
+
+
+@dataclass(frozen=True)
+class RowTimes:
+    """The time-to-target of a row's reproducing runs: the median steps and seconds (misses count as infinite;
+    seconds None when a run that reached the target did not log its time)."""
+
+    runs: int
+    reached: int
+    steps: float
+    seconds: float | None
+
+
+def row_times(runs: list[Run], target: Target) -> RowTimes:
+    results = [time_to_target(run, target) for run in runs]
+    reached = [r for r in results if r is not None]
+    steps = statistics.median([r.step if r else math.inf for r in results]) if results else math.inf
+    known = all(r.seconds is not None for r in reached)
+    seconds = statistics.median([r.seconds if r else math.inf for r in results]) if results and known else None
+    return RowTimes(len(runs), len(reached), steps, seconds)  # type: ignore[arg-type]
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "not logged"
+    return "missed" if math.isinf(seconds) else str(timedelta(seconds=round(seconds)))
+
+
+def render_times(tables: dict[str, Any], rows: dict[str, RowRuns], goals: dict[str, str]) -> str:
+    """`time_to_target.md`: per table its target and, per row with runs, the runs that reached it and the median
+    steps and training time to it."""
+    out = ["# Time to target", "",
+           "Per table, the target is the worst final value the paper reports among its rows; per row, the median "
+           "over its runs of the optimizer steps and the training time (evaluation and checkpoints left out) to "
+           "the first evaluation that reached it; a run that never did counts as infinite (missed)."]
+    for name, table in tables.items():
+        target = table_target(table, goals)
+        lines = []
+        for row in table["rows"]:
+            row_runs = rows.get(row.get("experiment"))
+            if target is None or not row_runs or not row_runs.reproducing:
+                continue
+            times = row_times(row_runs.reproducing, target)
+            steps = "missed" if math.isinf(times.steps) else f"{times.steps:g}"
+            lines.append(f"| {row['label']} (`{row['experiment']}`) | {times.reached} of {times.runs} | {steps} | "
+                         f"{_duration(times.seconds)} |")
+        if lines:
+            out += ["", f"### {table['title'].split(':')[0]}: {target}", "",
+                    "| row | reached | steps (median) | training time (median) |", "|---|---|---|---|", *lines]
+    if len(out) == 3:
+        out += ["", "No run of a paper row yet."]
+    return "\n".join(out) + "\n"

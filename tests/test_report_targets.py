@@ -1,0 +1,115 @@
+"""Time-to-target and steps-to-target: the trainer's training time at each evaluation (evaluation and checkpoint
+time left out, resumed segments added up), and the report's first evaluation that reaches a table's target."""
+
+import json
+import math
+import time
+from types import SimpleNamespace
+
+import pytest
+from report_runs import jasper_records, run_config, write_run
+
+import novograd.engine.checkpoint as checkpoint_module
+import novograd.engine.trainer as trainer_module
+from novograd.engine import run
+from novograd.engine.compose import compose_config
+from novograd.report.claims import load_claims
+from novograd.report.sources import TRAIN_ELAPSED, _jsonl_history, local_runs
+from novograd.report.tables import load_paper_tables, main
+from novograd.report.targets import Reached, Target, row_times, table_target, time_to_target
+
+TABLES = load_paper_tables()
+GOALS = load_claims()["goals"]
+PAUSE_S = 0.1
+
+
+def test_the_evaluation_records_hold_training_time_without_evaluations_and_checkpoints_across_a_resume(
+        tmp_path, monkeypatch):
+    """Each evaluation and each checkpoint sleeps PAUSE_S: the training time at the evaluations leaves all of them
+    out, while the run's wall time holds them; the stopped and the resumed segment add up."""
+    evaluate, save = trainer_module.evaluate, checkpoint_module.CheckpointManager.save
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: (time.sleep(PAUSE_S), evaluate(*a, **k))[1])
+    monkeypatch.setattr(checkpoint_module.CheckpointManager, "save",
+                        lambda self, *a, **k: (time.sleep(PAUSE_S), save(self, *a, **k))[1])
+    common = ["debug=regression", "logger=none", "trainer.max_steps=6", "trainer.eval_every_steps=2"]
+    stopped = run(compose_config([*common, "trainer.stop_at_step=3"], tmp_path))
+    assert stopped["preempted"]
+    summary = run(compose_config(common, tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [(r["step"], r[TRAIN_ELAPSED]) for r in records if "eval/mse" in r]
+    assert [step for step, _ in evaluations] == [2, 4, 6]
+    times = [seconds for _, seconds in evaluations]
+    assert times == sorted(times) and times[0] > 0
+    # The wall time (taken as the last checkpoint began) holds the evaluations at steps 2, 4 and 6 and the checkpoints
+    # at steps 2 and 4 (the stop's at step 3 is in neither: its time was taken before it); the training time at the
+    # last evaluation leaves the first four out: without the exclusion the difference would be one pause.
+    assert summary["wall_time_s"] - times[-1] >= 5 * PAUSE_S
+
+    history = _jsonl_history(tmp_path / "metrics.jsonl")
+    mse = [r["eval/mse"] for r in history("eval/mse")]
+    target = Target("mse", "mse", mse[1], "min")  # reached at step 4, or at step 2 when that was as low
+    first = next(i for i, value in enumerate(mse) if value <= mse[1])
+    assert time_to_target(SimpleNamespace(history=history), target) == Reached(*evaluations[first])
+
+
+def test_targets_are_the_worst_final_value_of_a_tables_rows():
+    assert str(table_target(TABLES["table1"], GOALS)) == "top-1 ≥ 76.33"  # SGD, 200 epochs
+    assert str(table_target(TABLES["table4"], GOALS)) == "dev-clean ≤ 13.2"  # Adam
+    assert str(table_target(TABLES["table6"], GOALS)) == "val PPL ≤ 23.84"
+    assert table_target(TABLES["table3"], GOALS).value == 75.78  # the quoted SGD results are not rows of ours
+
+
+def test_runs_reach_the_target_at_their_first_evaluation_that_does(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    records = jasper_records(final_wer=3.5, epochs=8)  # dev-clean WER 3.5 + 80 / epoch: at most 13.2 from epoch 9
+    for record in records:
+        if "eval/wer_dev_clean" in record:
+            record[TRAIN_ELAPSED] = 100.0 * record["step"]
+    write_run(runs, "fast", run_config("table4/novograd"), {"wer_dev_clean": 3.5}, records)
+    slow = jasper_records(final_wer=10.0, epochs=8)  # 10 + 80 / epoch: never at 13.2 or below within 8 epochs
+    write_run(runs, "slow", run_config("table4/sgd"), {"wer_dev_clean": 10.0}, slow)
+    old = jasper_records(final_wer=3.0, epochs=8)  # logged before evaluation records held the training time
+    write_run(runs, "old", run_config("table4/adam"), {"wer_dev_clean": 3.0}, old)
+    by_experiment = {r.experiment: r for r in local_runs(runs)}
+    target = table_target(TABLES["table4"], GOALS)
+    # The boundary exactly: a target of 3.5 + 80 / 5 is reached at epoch 5 (step 50), not before.
+    at_epoch_5 = Target(target.metric, target.title, 3.5 + 80 / 5, "min")
+    assert time_to_target(by_experiment["table4/novograd"], at_epoch_5) == Reached(50, 5000.0)
+    assert time_to_target(by_experiment["table4/sgd"], at_epoch_5) is None
+    assert time_to_target(by_experiment["table4/adam"], at_epoch_5) == Reached(50, None)  # 3 + 80 / 5 <= 19.5
+    times = row_times([by_experiment["table4/novograd"], by_experiment["table4/sgd"]], at_epoch_5)
+    assert (times.reached, times.runs, times.steps, times.seconds) == (1, 2, math.inf, math.inf)  # median of 50, inf
+
+    main(["--runs", str(runs), "--out", str(tmp_path / "tables"), "--figures", str(tmp_path / "figures")])
+    text = (tmp_path / "tables" / "time_to_target.md").read_text()
+    assert "### Table 4: dev-clean ≤ 13.2" in text
+    assert "| NovoGrad (`table4/novograd`) | 0 of 1 | missed | missed |" in text
+    assert "| Adam (`table4/adam`) | 1 of 1 | 80 | not logged |" in text  # 3 + 80/8 = 13 <= 13.2 at epoch 8
+    assert "- steps to target, over table4: score adam 1.000, novograd 0.000, sgd 0.000" in text
+    assert "- training time to target: no table has runs that reached its target yet." in text  # Adam's not logged
+    assert (tmp_path / "figures" / "performance_profiles.png").is_file()
+    assert "# Time to target" in capsys.readouterr().out
+
+
+def test_the_performance_profile_of_known_times_is_algoperfs():
+    """Three workloads, three optimizers; by hand: ratios a (1, 2, 1), b (2, 1, inf), c (4, 4, 2)."""
+    import numpy as np
+
+    from novograd.report.profiles import performance_ratios, profile, score
+
+    times = {"w1": {"a": 10.0, "b": 20.0, "c": 40.0}, "w2": {"a": 6.0, "b": 3.0, "c": 12.0},
+             "w3": {"a": 5.0, "b": math.inf, "c": 10.0}, "missed by all": {"a": math.inf}}
+    ratios = performance_ratios(times)
+    assert ratios == {"a": {"w1": 1.0, "w2": 2.0, "w3": 1.0}, "b": {"w1": 2.0, "w2": 1.0, "w3": math.inf},
+                      "c": {"w1": 4.0, "w2": 4.0, "w3": 2.0}}
+    taus = np.array([1.0, 1.5, 2.0, 3.99, 4.0])
+    assert profile(ratios["a"], taus).tolist() == pytest.approx([2 / 3, 2 / 3, 1, 1, 1])
+    assert profile(ratios["b"], taus).tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3])
+    assert profile(ratios["c"], taus).tolist() == pytest.approx([0, 0, 1 / 3, 1 / 3, 1])
+    # Areas over [1, 4] / 3: a (3 + 2 + 3) / 9, b (2 + 3 + 0) / 9, c (0 + 0 + 2) / 9.
+    assert [score(ratios[name]) for name in "abc"] == pytest.approx([8 / 9, 5 / 9, 2 / 9])
+    # The exact area agrees with a fine numerical integration of the profile (a negative control on the formula).
+    grid = np.linspace(1.0, 4.0, 300_001)
+    for name in "abc":
+        assert score(ratios[name]) == pytest.approx(np.trapezoid(profile(ratios[name], grid), grid) / 3, abs=1e-4)
+    assert performance_ratios({"w": {"a": 1.0}, "v": {"b": 2.0}})["a"] == {"w": 1.0, "v": math.inf}  # b only on v
