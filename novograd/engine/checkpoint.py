@@ -123,6 +123,7 @@ class CheckpointManager:
         self.directory = directory
         self.keep_last_k = keep_last_k
         self.loaded_path: Path | None = None  # the file `load_last` read: last.pt, or previous.pt after damage
+        self.last_step: int | None = None  # the step of last.pt, where this process wrote or read it
         self.remove_stale_temporaries()
 
     def remove_stale_temporaries(self) -> None:
@@ -149,10 +150,11 @@ class CheckpointManager:
         """Write `state` as `last.pt`, keeping the checkpoint it replaces as `previous.pt`; link it as `best.pt`
         and `step_<step>.pt` when asked; prune old steps."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.last_path.exists():
+        if self.last_path.exists() and self.last_step != step:  # a second save of a step keeps the older one
             # Before the new file exists: a failed save leaves last.pt as it was, a successful one leaves both.
             _atomic_link(self.last_path, self.previous_path)
         atomic_save(state, self.last_path)
+        self.last_step = step
         if is_best:
             _atomic_link(self.last_path, self.directory / BEST)
         if self.keep_last_k:
@@ -196,5 +198,5 @@ class CheckpointManager:
             )
             self.loaded_path = self.previous_path
             return state
-        self.loaded_path = self.last_path
+        self.loaded_path, self.last_step = self.last_path, state["progress"]["step"]
         return state

@@ -454,7 +454,7 @@ class Trainer:
         return ""
 
     def fit(self) -> dict[str, Any]:
-        progress = self.progress
+        progress = self.progress  # replaced by a rewind: read self.progress after training
         self.train_model.train()
         self._window = _LogWindow(self.context.device)
         self._run_start, self._elapsed_before = time.perf_counter(), progress.elapsed_s
@@ -477,22 +477,22 @@ class Trainer:
             log.error(diverged_message(summary))
             return summary
         if stop_reason and self.context.is_main:
-            log.warning(resume_instructions(stop_reason, progress.step, self.total_steps, self.checkpoints.last_path))
+            log.warning(resume_instructions(stop_reason, self.progress.step, self.total_steps,
+                                            self.checkpoints.last_path))
         log.info(summary_line(summary, self.total_steps))
         return summary
 
     def _train(self, preemption: PreemptionFlag) -> str:
         """Train to the end (evaluate and checkpoint there) or to a stop; rewinds as `trainer.nonfinite` asks.
         The stop reason, or ''."""
-        progress = self.progress
-        while True:
+        while True:  # self.progress is another object after each rewind
             try:
                 stop_reason = ""
-                while progress.step < self.total_steps and not stop_reason:
+                while self.progress.step < self.total_steps and not stop_reason:
                     stop_reason = self._train_epoch(preemption)
                 if stop_reason:
                     self._save_checkpoint()
-                elif progress.last_eval_step != progress.step:
+                elif self.progress.last_eval_step != self.progress.step:
                     # Only reachable when a resumed run finds nothing left to train and no final evaluation yet.
                     improved = self._evaluate(final=True)
                     self._save_checkpoint(is_best=improved)
@@ -556,8 +556,9 @@ class Trainer:
         window, progress = self._window, self.progress
         elapsed = window.elapsed()
         sums = window.reduced_sums(self.workload.pop_train_stats())
-        scored = sums.pop("scored")  # the count of the steps that were applied: a skipped step's loss is left out
-        mean_loss = sums.pop("loss") / scored if scored else float("nan")
+        # The count of the applied steps: a skipped step's loss is left out (NaN when every step was skipped).
+        loss, scored = sums.pop("loss"), sums.pop("scored")
+        mean_loss = loss / scored if scored else float("nan")
         throughput = window.count / elapsed
         if SKIPPED in sums:  # cumulative: a run's count of replaced examples, whatever the logging interval
             progress.skipped_train = (progress.skipped_train or 0) + round(sums.pop(SKIPPED))
