@@ -3,6 +3,7 @@ novograd.engine.launcher) checkpoints and exits 0 on SIGTERM or SIGUSR1, leaving
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -194,3 +195,71 @@ def test_a_sweep_through_make_runs_each_job(tmp_path: Path) -> None:
     assert len(summaries) == 2, sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
     lrs = sorted(OmegaConf.load(path.with_name("config.yaml")).optimizer.lr for path in summaries)
     assert lrs == [0.01, 0.02]
+
+
+# --------------------------------------------------------------------------------------------- failing workers
+def launch(tmp_path: Path, nproc: int, *overrides: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "novograd.engine.launcher", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "novograd.train", *overrides]
+    directory = tmp_path / f"launch{len(list(tmp_path.glob('launch*')))}"
+    directory.mkdir()
+    return subprocess.Popen(command, cwd=directory, env=environment(directory), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for_step(process: subprocess.Popen, metrics: Path, step: int) -> None:
+    deadline = time.monotonic() + 180
+    while not (metrics.exists() and metrics.read_text().count("\n") >= step):
+        assert process.poll() is None and time.monotonic() < deadline, "training did not reach the step"
+        time.sleep(0.05)
+
+
+@pytest.mark.distributed
+def test_a_killed_rank_is_restarted_and_the_run_ends_bit_identical(tmp_path: Path) -> None:
+    import random
+
+    run = ["debug=regression", "logger=none", "trainer.max_steps=160", "trainer.micro_batch_size=4",
+           "trainer.log_every_steps=1"]
+    reference = launch(tmp_path, 2, *run, f"trainer.output_dir={tmp_path / 'reference'}")
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()[-3000:]
+
+    faulted_dir = tmp_path / "faulted"
+    faulted = launch(tmp_path, 2, *run, "trainer.checkpoint_every_steps=5", f"trainer.output_dir={faulted_dir}")
+    wait_for_step(faulted, faulted_dir / "metrics.jsonl", random.randint(10, 100))
+    workers = [pid for pid, cmd in process_tree(faulted.pid).items() if "-u -m novograd.train" in cmd]
+    assert len(workers) == 2
+    os.kill(random.choice(workers), signal.SIGKILL)  # a lost node, an OOM kill
+    output, _ = faulted.communicate(timeout=300)
+    assert faulted.returncode == 0, output[-3000:]
+    assert output.count("was killed by SIGKILL; restart 1 of 3: the workers resume from the last checkpoint.") == 1
+    assert "ChildFailedError" not in output
+    weights = [torch.load(d / "checkpoints" / "last.pt", weights_only=False)["model"] for d in (tmp_path / "reference",
+                                                                                              faulted_dir)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert json.loads((faulted_dir / "summary.json").read_text())["steps"] == 160
+
+
+def test_a_diverged_run_is_not_restarted(tmp_path: Path) -> None:
+    output_dir = tmp_path / "run"
+    process = launch(tmp_path, 1, "debug=regression", "logger=none", "optimizer=sgd", "optimizer.lr=1e12",
+                     "trainer.checkpoint_every_steps=1", f"trainer.output_dir={output_dir}")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 3, output[-3000:]
+    assert "Diverged at step" in output and "(the run diverged): not restarted" in output
+    assert "restart 1 of" not in output and "Traceback" not in output
+    assert json.loads((output_dir / "summary.json").read_text())["diverged"] is True
+
+
+@pytest.mark.distributed
+def test_ctrl_c_stops_with_a_checkpoint_and_says_so_in_two_lines(tmp_path: Path) -> None:
+    output_dir = tmp_path / "run"
+    launcher = launch(tmp_path, 2, *RUN, f"trainer.output_dir={output_dir}")
+    wait_for_training(launcher, output_dir / "metrics.jsonl")
+    os.kill(launcher.pid, signal.SIGINT)  # what Ctrl-C does: the launcher forwards it to its workers
+    output, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 0, output[-3000:]
+    tail = output[output.index("Ctrl-C: stopping after the next step"):].splitlines()
+    step = torch.load(output_dir / "checkpoints" / "last.pt", weights_only=False)["progress"]["step"]
+    assert tail[1].startswith(f"Stopped by SIGINT at step {step}/") and "To resume, re-run the same command" in tail[1]
+    assert tail[2].startswith(f"Stopped (SIGINT) at step {step}/") and len(tail) == 3, tail
+    assert "Traceback" not in output

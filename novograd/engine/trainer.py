@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -390,6 +391,9 @@ class Trainer:
             self.precision, self.context.device, final,
         )
         progress = self.progress
+        if nonfinite := sorted(name for name, value in metrics.items() if not math.isfinite(value)):
+            reason = f"the evaluation gave {', '.join(f'{n}={metrics[n]}' for n in nonfinite)} (the outputs overflow)"
+            raise Rewind(progress.step, reason) if self.nonfinite.policy == "rewind" else Diverged(progress.step, reason)
         progress.last_eval_step = progress.step
         progress.last_metrics = metrics
         improved = False
