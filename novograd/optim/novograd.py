@@ -89,7 +89,8 @@ class NovoGrad(Optimizer):
             name because users of torch.optim know it. ``None`` for both picks the multi-tensor path on every
             device: it has no compilation latency (the compiled step costs tens of seconds to build, which short
             runs and tests never win back). Ask for ``fused=True`` in long runs; ``scripts/bench_optimizer.py``
-            measures all three.
+            measures all three. Its graph reads every number of a group (lr, betas, eps, weight_decay) as data,
+            so schedulers never recompile it.
         maximize: maximise the objective instead of minimising it (default: False).
 
     The state of each parameter is ``exp_avg`` (:math:`m`, the parameter's shape and dtype) and ``exp_avg_sq``
@@ -101,6 +102,10 @@ class NovoGrad(Optimizer):
     as for fused Adam), which divides the layer norms by it instead of having the scaler unscale every
     gradient. Gradient clipping: ``step(max_grad_norm=...)`` clips the global gradient norm from the layer norms
     the step computes anyway; see :meth:`step`.
+
+    Sharded parameters (DTensors, e.g. from FSDP2's ``fully_shard``): every path updates the local shards from the
+    whole layers' norms, reduced across the mesh in one collective per step; ``exp_avg`` is then a DTensor sharded
+    as its parameter and ``exp_avg_sq`` a plain scalar (docs/novograd-sharded.md).
     """
 
     # GradScaler.step sets `grad_scale` and `found_inf` on this optimizer and skips its own unscaling.
