@@ -520,8 +520,9 @@ def _step_buckets(
         elif not compiled:
             _multi_tensor_update(*tensors, lr=lr, grad_factor=factor, coefficients=coefficients)
         else:
-            _compiled("update", param.device)(*tensors, hyperparameters=_hyperparameter_tensor(lr, coefficients, param),
-                                              grad_factor=factor, coefficients=coefficients)
+            hyperparameter_tensor = _hyperparameter_tensor(lr, coefficients, param)
+            _compiled("update", param.device)(*tensors, hyperparameters=hyperparameter_tensor, grad_factor=factor,
+                                              coefficients=coefficients)
 
 
 def _add_scaled_(target: Tensor, tensor: Tensor, scale: float | Tensor) -> None:
