@@ -343,23 +343,25 @@ def breakdown(model_name: str, device: torch.device, rounds: int, steps: int) ->
     for _ in range(3):
         novograd.step()
     group = novograd.optimizer.param_groups[0]
-    (bucket,) = novograd.optimizer._init_group(group)
+    lists: tuple[list, ...] = ([], [], [], [], [], [])
+    novograd.optimizer._init_group(group, *lists)
+    (bucket,) = novograd_module._buckets(*lists, amsgrad=group["amsgrad"])
     beta1, beta2 = group["betas"]
     coefficients = novograd_module._coefficients(False, beta1=beta1, beta2=beta2, **{
         key: group[key] for key in ("eps", "weight_decay", "grad_averaging", "amsgrad", "eps_inside_sqrt",
                                     "moment_init", "maximize")})
-    lr = novograd_module._lr_tensor(group["lr"], bucket.params[0])
+    hyperparameters = novograd_module._hyperparameter_tensor(group["lr"], coefficients, bucket.params[0])
     update = novograd_module._compiled("update", device)
     norms_alone = novograd_module._compiled("layer_norms", device)
     norms = norms_alone(bucket.grads, torch.float32)
     with_norms = (bucket.params, bucket.grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.max_exp_avg_sqs, norms)
     parts: dict[str, Callable[[], object]] = {
         "step()": novograd.step,
-        "compiled update alone": lambda: update(*bucket.tensors(), lr=lr, grad_factor=None,
-                                                coefficients=coefficients),
+        "compiled update alone": lambda: update(*bucket.tensors(), hyperparameters=hyperparameters,
+                                                grad_factor=None, coefficients=coefficients),
         "layer norms alone (compiled)": lambda: norms_alone(bucket.grads, torch.float32),
-        "update given the norms (compiled)": lambda: update(*with_norms, lr=lr, grad_factor=None,
-                                                           coefficients=coefficients),
+        "update given the norms (compiled)": lambda: update(*with_norms, hyperparameters=hyperparameters,
+                                                           grad_factor=None, coefficients=coefficients),
     }
     for name in TARGETS:
         parts[name] = make_candidate(name, shapes, grads, device, seed=1).step

@@ -34,6 +34,9 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+# Relative: the same file is the module novograd_optim.larc of the standalone package (packages/novograd-optim).
+from .sharded import full_norms, local, shard_groups
+
 # OpenSeq2Seq's `min_update`: the smallest LARC factor, in both modes.
 MIN_FACTOR = 1e-7
 
@@ -172,13 +175,22 @@ class LARC(Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError(f"LARC does not support sparse gradients (parameter of shape {tuple(p.shape)})")
         weight_decay = group.get("weight_decay", 0.0)
-        grouped = self._group_tensors_by_device_and_dtype([params, [p.grad for p in params]])
-        for (same_device_params, grads), _ in grouped.values():
+        # DTensor parameters (FSDP2) are rescaled on their local shards, from the layers' norms: the shards'
+        # norms of all layers of a device and dtype reduced across the mesh in one collective.
+        layer_groups = [shard_groups(p, p.grad) for p in params]
+        grouped = self._group_tensors_by_device_and_dtype([[local(p) for p in params],
+                                                           [local(p.grad) for p in params]], with_indices=True)
+        for (same_device_params, grads), indices in grouped.values():
             if self.fold_weight_decay and weight_decay != 0.0:
                 torch._foreach_add_(grads, same_device_params, alpha=weight_decay)
-            # Norms in fp32 whatever the parameter dtype; one vectorised pass, no host syncs.
-            param_norms = torch.stack(torch._foreach_norm(same_device_params, 2, dtype=torch.float32))
-            grad_norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+            # Norms in fp32 (fp64 for fp64 parameters) whatever the parameter dtype; one vectorised pass, no host
+            # syncs.
+            dtype = torch.float64 if grads[0].dtype == torch.float64 else torch.float32
+            norms = full_norms([*torch._foreach_norm(same_device_params, 2, dtype=dtype),
+                                *torch._foreach_norm(grads, 2, dtype=dtype)],
+                               [layer_groups[i] for i in indices] * 2)
+            param_norms = torch.stack(norms[:len(grads)])
+            grad_norms = torch.stack(norms[len(grads):])
             factors = self.trust_coefficient * param_norms / (grad_norms + self.eps)
             if self.clip:
                 factors = torch.clamp(factors / group["lr"], min=MIN_FACTOR, max=1.0)

@@ -27,9 +27,17 @@ Three implementations agree to rounding (``foreach`` / ``fused`` select them, li
   per-layer norms stay on the device, so there is no host synchronisation.
 * fused (``fused=True``): the step compiled by ``torch.compile`` (Inductor) into a few fused kernels: the
   multi-tensor step on CUDA, the single-tensor loop on CPU (each layer's norm right before its update, so the
-  update reads a gradient that fits in cache from there). The learning rate is passed as a tensor so schedules
-  do not recompile. The first step of a layer, which runs once, uses the multi-tensor path instead of compiling
-  a second graph. (torch.optim's ``fused`` means a hand-written kernel; here it means compiled by Inductor.)
+  update reads a gradient that fits in cache from there). Every number of a group (lr, betas, eps,
+  weight_decay) reaches the graph as a tensor, so a scheduler that changes any of them (OneCycleLR cycles beta1)
+  never recompiles it; only switching weight decay on or off does, once. The first step of a layer, which runs
+  once, uses the multi-tensor path instead of compiling a second graph. (torch.optim's ``fused`` means a
+  hand-written kernel; here it means compiled by Inductor.)
+
+A function that calls ``step()`` may itself be compiled (``torch.compile``), on every path, as with torch.optim:
+``_init_group`` has torch.optim's signature, which Dynamo runs eagerly instead of tracing.
+
+Parameters sharded by FSDP2 (DTensors) are updated on their local shards, from layer norms reduced across the
+mesh in one collective per step (``novograd.optim.sharded``; docs/novograd-sharded.md).
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
+
+# Relative: the same file is the module novograd_optim.novograd of the standalone package (packages/novograd-optim).
+from .sharded import full_norms, is_sharded, local, shard_groups
 
 __all__ = ["NovoGrad", "novograd"]
 
@@ -78,7 +89,8 @@ class NovoGrad(Optimizer):
             name because users of torch.optim know it. ``None`` for both picks the multi-tensor path on every
             device: it has no compilation latency (the compiled step costs tens of seconds to build, which short
             runs and tests never win back). Ask for ``fused=True`` in long runs; ``scripts/bench_optimizer.py``
-            measures all three.
+            measures all three. Its graph reads every number of a group (lr, betas, eps, weight_decay) as data,
+            so schedulers never recompile it.
         maximize: maximise the objective instead of minimising it (default: False).
 
     The state of each parameter is ``exp_avg`` (:math:`m`, the parameter's shape and dtype) and ``exp_avg_sq``
@@ -90,6 +102,10 @@ class NovoGrad(Optimizer):
     as for fused Adam), which divides the layer norms by it instead of having the scaler unscale every
     gradient. Gradient clipping: ``step(max_grad_norm=...)`` clips the global gradient norm from the layer norms
     the step computes anyway; see :meth:`step`.
+
+    Sharded parameters (DTensors, e.g. from FSDP2's ``fully_shard``): every path updates the local shards from the
+    whole layers' norms, reduced across the mesh in one collective per step; ``exp_avg`` is then a DTensor sharded
+    as its parameter and ``exp_avg_sq`` a plain scalar (docs/novograd-sharded.md).
     """
 
     # GradScaler.step sets `grad_scale` and `found_inf` on this optimizer and skips its own unscaling.
@@ -141,10 +157,13 @@ class NovoGrad(Optimizer):
         super().__init__(params, defaults)
         # The global gradient norm before clipping, set by every step(max_grad_norm=...).
         self.grad_norm: Tensor | None = None
+        # ids of the parameters whose state this step created (see _init_group).
+        self._fresh: set[int] = set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("grad_norm", None)
+        self.__dict__.setdefault("_fresh", set())
         for group in self.param_groups:
             for key in ("foreach", "fused"):
                 group.setdefault(key, None)
@@ -158,11 +177,25 @@ class NovoGrad(Optimizer):
                 if key in param_state:
                     param_state[key] = param_state[key].to(_moment_dtype(param.dtype))
 
-    def _init_group(self, group: dict[str, Any]) -> list[_Bucket]:
-        """The parameters of `group` that have a gradient, with their state (created at a layer's first step),
-        in buckets of one (first step or not, device, dtype)."""
-        buckets: dict[tuple[bool, torch.device, torch.dtype], _Bucket] = {}
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        max_exp_avg_sqs: list[Tensor],
+        first_steps: list[bool],
+    ) -> bool:
+        """Append the parameters of `group` that have a gradient, with their state (created at a layer's first
+        step), to the lists, as torch.optim's optimizers do; returns whether any of them is sharded (a DTensor).
+
+        The lists-in, constant-out signature is the one torch.compile's Dynamo runs eagerly instead of tracing
+        when it compiles a function that calls `step()` (torch/_dynamo/variables/optimizer.py). Dynamo may run it
+        again when it restarts a trace, after the state exists: a parameter is "first" while its id is in
+        `_fresh`, which the step empties when it is done (a side effect Dynamo applies only after the graph ran)."""
         amsgrad = group["amsgrad"]
+        has_sharded = False
         for p in group["params"]:
             grad = p.grad
             if grad is None:
@@ -171,22 +204,27 @@ class NovoGrad(Optimizer):
                 raise RuntimeError("NovoGrad does not support sparse gradients; use dense gradients "
                                    "(e.g. nn.Embedding(sparse=False))")
             state = self.state[p]
-            first = not state
-            if first:
+            if not state:
                 if torch.is_complex(p):
                     raise RuntimeError("NovoGrad does not support complex parameters: the layer norm of a complex "
                                        "gradient is not defined by the paper; view them as real with "
                                        "torch.view_as_real")
+                # A DTensor's exp_avg is a DTensor sharded as it (torch.optim's layout, which DCP saves per
+                # shard); v is one scalar per layer, the same on every rank.
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros((), dtype=_moment_dtype(p.dtype), device=p.device)
+                state["exp_avg_sq"] = torch.zeros((), dtype=_moment_dtype(p.dtype), device=local(p).device)
+                self._fresh.add(id(p))
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
-            key = (first, p.device, p.dtype)
-            bucket = buckets.get(key)
-            if bucket is None:
-                bucket = buckets[key] = _Bucket(first)
-            bucket.append(p, grad, state, amsgrad)
-        return list(buckets.values())
+            has_sharded |= is_sharded(p)
+            params.append(p)
+            grads.append(grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            if amsgrad:
+                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            first_steps.append(id(p) in self._fresh)
+        return has_sharded
 
     @torch.no_grad()
     def step(self, closure=None, *, max_grad_norm: float | None = None):
@@ -204,6 +242,10 @@ class NovoGrad(Optimizer):
         Under ``torch.amp.GradScaler``, ``scaler.step(optimizer, max_grad_norm=...)`` passes the argument on and
         sets ``grad_scale`` / ``found_inf`` on the optimizer: the layer norms are divided by the scale, and a
         step with inf/nan gradients is skipped, state untouched, as GradScaler skips it for other optimizers.
+
+        On DTensor parameters (FSDP2) the layer norms of all layers are reduced across the mesh in one
+        collective (see ``novograd.optim.sharded``) and the update runs on the local shards. GradScaler's inf/nan
+        check of DTensor gradients is reduced across the mesh by DTensor itself, so every rank skips alike.
         """
         if max_grad_norm is not None and not max_grad_norm > 0.0:
             raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r} (must be > 0, or None for no clipping)")
@@ -219,17 +261,21 @@ class NovoGrad(Optimizer):
         if found_inf is not None and found_inf.item():
             # One host read per step, the one GradScaler makes for optimizers without this protocol.
             if max_grad_norm is not None:
-                grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-                self.grad_norm = _unscaled(torch.nn.utils.get_total_norm(grads), inv_scale)
+                self.grad_norm = _unscaled(_total_norm(self.param_groups), inv_scale)
             return loss
 
-        groups = [(group, self._init_group(group)) for group in self.param_groups]
+        groups = []
+        for group in self.param_groups:
+            lists: tuple[list[Any], ...] = ([], [], [], [], [], [])
+            self._init_group(group, *lists)
+            groups.append((group, _buckets(*lists, amsgrad=group["amsgrad"])))
+        buckets = [bucket for _, group_buckets in groups for bucket in group_buckets]
+        if max_grad_norm is not None or any(bucket.shard_groups for bucket in buckets):
+            _set_layer_norms([(bucket, bool(group["fused"])) for group, group_buckets in groups
+                              for bucket in group_buckets])
         grad_factor = inv_scale
         if max_grad_norm is not None:
-            for group, group_buckets in groups:
-                for bucket in group_buckets:
-                    bucket.grad_norms = _layer_norms(bucket, compiled=bool(group["fused"]))
-            norms = [norm for _, group_buckets in groups for bucket in group_buckets for norm in bucket.grad_norms]
+            norms = [norm for bucket in buckets for norm in bucket.grad_norms]
             device = norms[0].device if norms else torch.device("cpu")
             self.grad_norm = _unscaled(
                 torch.linalg.vector_norm(torch.stack([norm.to(device) for norm in norms])) if norms
@@ -240,6 +286,7 @@ class NovoGrad(Optimizer):
             beta1, beta2 = group["betas"]
             _step_buckets(group_buckets, grad_factor=grad_factor, beta1=beta1, beta2=beta2,
                           **{key: group[key] for key in _GROUP_KEYS})
+        self._fresh.clear()
         return loss
 
 
@@ -252,14 +299,36 @@ def _unscaled(norm: Tensor, inv_scale: Tensor | None) -> Tensor:
     return norm if inv_scale is None else norm * inv_scale.to(norm.device)
 
 
+def _total_norm(param_groups: list[dict[str, Any]]) -> Tensor:
+    """The global L2 norm of all gradients (of the whole layers where they are sharded)."""
+    pairs = [(p, p.grad) for group in param_groups for p in group["params"] if p.grad is not None]
+    if not pairs:
+        return torch.zeros(())
+    local_norms = [torch.linalg.vector_norm(local(grad), dtype=_moment_dtype(p.dtype)) for p, grad in pairs]
+    norms = full_norms(local_norms, [shard_groups(p, grad) for p, grad in pairs])
+    return torch.linalg.vector_norm(torch.stack([norm.to(norms[0].device, torch.float64) for norm in norms]))
+
+
+def _set_layer_norms(buckets: list[tuple[_Bucket, bool]]) -> None:
+    """Set each bucket's `grad_norms` (ahead of the update: to clip, or to reduce those of sharded layers), the
+    norms of all sharded layers in one collective. The flag says whether the bucket's group is `fused`."""
+    local_norms = [_layer_norms(bucket, compiled) for bucket, compiled in buckets]
+    flat = full_norms([norm for norms in local_norms for norm in norms],
+                      [groups for bucket, _ in buckets for groups in bucket.shard_groups])
+    start = 0
+    for bucket, _ in buckets:
+        bucket.grad_norms = flat[start:start + len(bucket.grads)]
+        start += len(bucket.grads)
+
+
 def _layer_norms(bucket: _Bucket, compiled: bool) -> list[Tensor]:
-    """The L2 norms of the bucket's gradients, in the second moments' dtype, ahead of the update (to clip)."""
+    """The L2 norms of the bucket's (local) gradients, in the second moments' dtype, ahead of the update."""
     dtype = bucket.exp_avg_sqs[0].dtype
     if compiled and not bucket.first and bucket.params[0].device.type == "cpu":
         # torch._foreach_norm is a loop over tensors on the CPU: 9 ms on ResNet-50's gradients where the compiled
         # norms, summed as the compiled update sums them, take 4 ms (2 threads).
         return _compiled("layer_norms", bucket.params[0].device)(bucket.grads, dtype)
-    return torch._foreach_norm(bucket.grads, 2, dtype=dtype)
+    return list(torch._foreach_norm(bucket.grads, 2, dtype=dtype))
 
 
 def _moment_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -270,7 +339,9 @@ def _moment_dtype(dtype: torch.dtype) -> torch.dtype:
 @dataclass
 class _Bucket:
     """Parameters of one (first step or not, device, dtype) with their gradients and state: what one foreach
-    kernel or one compiled graph takes at once. `grad_norms`, when set, are the layer norms of `grads`."""
+    kernel or one compiled graph takes at once, as local tensors (a DTensor's shard on this rank).
+    `grad_norms`, when set, are the layer norms of the whole gradients; `shard_groups` holds, per layer, the
+    process groups that shard it (empty for a tensor that is not sharded)."""
 
     first: bool
     params: list[Tensor] = field(default_factory=list)
@@ -279,18 +350,42 @@ class _Bucket:
     exp_avg_sqs: list[Tensor] = field(default_factory=list)
     max_exp_avg_sqs: list[Tensor] = field(default_factory=list)
     grad_norms: list[Tensor] | None = None
-
-    def append(self, param: Tensor, grad: Tensor, state: dict[str, Tensor], amsgrad: bool) -> None:
-        self.params.append(param)
-        self.grads.append(grad)
-        self.exp_avgs.append(state["exp_avg"])
-        self.exp_avg_sqs.append(state["exp_avg_sq"])
-        if amsgrad:
-            self.max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+    shard_groups: list[tuple[Any, ...]] = field(default_factory=list)
 
     def tensors(self) -> tuple[Any, ...]:
         """The positional arguments of the update functions."""
         return (self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs, self.grad_norms)
+
+
+def _buckets(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    first_step: list[bool],
+    *,
+    amsgrad: bool,
+    grad_norms: list[Tensor] | None = None,
+) -> list[_Bucket]:
+    """The tensors of one step in buckets of one (first step or not, device, dtype), DTensors as local shards."""
+    buckets: dict[tuple[bool, torch.device, torch.dtype], _Bucket] = {}
+    for i, param in enumerate(params):
+        param_local = local(param)
+        key = (first_step[i], param_local.device, param.dtype)
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = _Bucket(first_step[i], grad_norms=None if grad_norms is None else [])
+        bucket.params.append(param_local)
+        bucket.grads.append(local(grads[i]))
+        bucket.exp_avgs.append(local(exp_avgs[i]))
+        bucket.exp_avg_sqs.append(exp_avg_sqs[i])
+        if amsgrad:
+            bucket.max_exp_avg_sqs.append(max_exp_avg_sqs[i])
+        bucket.shard_groups.append(shard_groups(param, grads[i]))
+        if grad_norms is not None:
+            bucket.grad_norms.append(grad_norms[i])
+    return list(buckets.values())
 
 
 def novograd(
@@ -319,25 +414,19 @@ def novograd(
     r"""Functional NovoGrad: one step over lists of tensors, updated in place. See :class:`NovoGrad`.
 
     ``first_step[i]`` says that parameter ``i`` has its first gradient now (its moments are initialised as in
-    Algorithm 1). ``grad_norms``, if given, are the layer norms of ``grads`` (in the second moments' dtype), so
-    that a caller that needed them first (to clip) does not pay for them twice. ``grad_factor``, a scalar
-    tensor, multiplies every gradient before it is used (1 / loss scale, times a clip coefficient): the step
-    then equals the step on ``grad_factor * grads``.
+    Algorithm 1). ``grad_norms``, if given, are the layer norms of ``grads`` (in the second moments' dtype, of
+    the whole layer where it is sharded), so that a caller that needed them first (to clip) does not pay for
+    them twice. ``grad_factor``, a scalar tensor, multiplies every gradient before it is used (1 / loss scale,
+    times a clip coefficient): the step then equals the step on ``grad_factor * grads``. DTensor parameters
+    (with DTensor ``grads`` and ``exp_avgs``) are updated on their local shards, from the layer norms reduced
+    across their mesh in one collective.
     """
-    buckets: dict[tuple[bool, torch.device, torch.dtype], _Bucket] = {}
-    for i, param in enumerate(params):
-        key = (first_step[i], param.device, param.dtype)
-        bucket = buckets.get(key)
-        if bucket is None:
-            bucket = buckets[key] = _Bucket(first_step[i], grad_norms=None if grad_norms is None else [])
-        state = {"exp_avg": exp_avgs[i], "exp_avg_sq": exp_avg_sqs[i]}
-        if amsgrad:
-            state["max_exp_avg_sq"] = max_exp_avg_sqs[i]
-        bucket.append(param, grads[i], state, amsgrad)
-        if grad_norms is not None:
-            bucket.grad_norms.append(grad_norms[i])
+    buckets = _buckets(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, first_step, amsgrad=amsgrad,
+                       grad_norms=grad_norms)
+    if grad_norms is None and any(bucket.shard_groups for bucket in buckets):
+        _set_layer_norms([(bucket, bool(fused)) for bucket in buckets])
     _step_buckets(
-        buckets.values(), grad_factor=grad_factor, foreach=foreach, fused=fused, lr=lr, beta1=beta1, beta2=beta2,
+        buckets, grad_factor=grad_factor, foreach=foreach, fused=fused, lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, grad_averaging=grad_averaging, amsgrad=amsgrad,
         eps_inside_sqrt=eps_inside_sqrt, moment_init=moment_init, maximize=maximize,
     )
@@ -345,16 +434,25 @@ def novograd(
 
 class _Coefficients(NamedTuple):
     """The constants of one bucket's update at this step: ``v = beta2 v + (1 - beta2) ||g||^2`` and
-    ``m = beta1 m + c (sign g / denom(v) + weight_decay w)``, with sign = -1 under ``maximize``."""
+    ``m = beta1 m + c (sign g / denom(v) + weight_decay w)``, with sign = -1 under ``maximize``.
 
-    beta1: float
-    beta2: float
-    c: float
-    eps: float
-    weight_decay: float
+    The numbers are Python floats in eager code and 0-dim tensors in the compiled update, where a float would be
+    a constant of the graph and a scheduler that changes it (OneCycleLR's momentum) a recompilation per value.
+    The flags shape the graph: turning weight decay on or off compiles once more."""
+
+    beta1: float | Tensor
+    beta2: float | Tensor
+    c: float | Tensor
+    eps: float | Tensor
+    weight_decay: float | Tensor
+    decay: bool
     amsgrad: bool
     eps_inside_sqrt: bool
     maximize: bool
+
+
+# The numbers of _Coefficients, in its order, after lr in the compiled update's tensor of hyperparameters.
+_NUMBERS = 5
 
 
 def _coefficients(
@@ -369,7 +467,28 @@ def _coefficients(
     c = 1.0 - beta1 if grad_averaging else 1.0
     if first:
         beta1, beta2, c = 0.0, 0.0, (1.0 if moment_init == "paper" else c)
-    return _Coefficients(beta1, beta2, c, eps, weight_decay, amsgrad, eps_inside_sqrt, maximize)
+    return _Coefficients(beta1, beta2, c, eps, weight_decay, weight_decay != 0.0, amsgrad, eps_inside_sqrt,
+                         maximize)
+
+
+def _hyperparameter_tensor(lr: float, coefficients: _Coefficients, param: Tensor) -> Tensor:
+    """lr and the numbers of `coefficients` as one tensor on the parameter's device, in the moments' dtype: the
+    compiled update reads them as data. Copied from the host without waiting for the device."""
+    values = torch.tensor([lr, *coefficients[:_NUMBERS]], dtype=_moment_dtype(param.dtype))
+    return values.to(param.device, non_blocking=True)
+
+
+def _with_tensor_hyperparameters(update):
+    """`update` taking lr and the coefficients' numbers from `hyperparameters` (see `_hyperparameter_tensor`)."""
+
+    def update_from_tensor(*tensors: Any, hyperparameters: Tensor, grad_factor: Tensor | None,
+                           coefficients: _Coefficients) -> None:
+        lr, *numbers = hyperparameters.unbind()
+        update(*tensors, lr=lr, grad_factor=grad_factor,
+               coefficients=_Coefficients(*numbers, *coefficients[_NUMBERS:]))
+
+    update_from_tensor.__name__ = update.__name__
+    return update_from_tensor
 
 
 def _step_buckets(
@@ -391,16 +510,35 @@ def _step_buckets(
         coefficients = _coefficients(bucket.first, **hyperparameters)
         param = bucket.params[0]
         factor = None if grad_factor is None else grad_factor.to(param.device, _moment_dtype(param.dtype))
+        compiled = fused and not bucket.first  # a layer's first step runs once: not worth a graph of its own
+        tensors = bucket.tensors()
+        traced = compiled or torch.compiler.is_compiling()
+        if traced and param.device.type == "cpu" and param.dtype == torch.float64:
+            tensors = _without_mutated_cpu_float64_scalars(tensors)
         if single_tensor:
-            _update_layers(*bucket.tensors(), lr=lr, grad_factor=factor, coefficients=coefficients)
-        elif not fused or bucket.first:  # a layer's first step runs once: not worth a compiled graph of its own
-            _multi_tensor_update(*bucket.tensors(), lr=lr, grad_factor=factor, coefficients=coefficients)
+            _update_layers(*tensors, lr=lr, grad_factor=factor, coefficients=coefficients)
+        elif not compiled:
+            _multi_tensor_update(*tensors, lr=lr, grad_factor=factor, coefficients=coefficients)
         else:
-            compiled = _compiled("update", param.device)
-            tensors = bucket.tensors()
-            if param.device.type == "cpu" and param.dtype == torch.float64:
-                tensors = _without_mutated_cpu_float64_scalars(tensors)
-            compiled(*tensors, lr=_lr_tensor(lr, param), grad_factor=factor, coefficients=coefficients)
+            hyperparameter_tensor = _hyperparameter_tensor(lr, coefficients, param)
+            _compiled("update", param.device)(*tensors, hyperparameters=hyperparameter_tensor, grad_factor=factor,
+                                              coefficients=coefficients)
+
+
+def _add_scaled_(target: Tensor, tensor: Tensor, scale: float | Tensor) -> None:
+    """target += scale * tensor, scale a float (one kernel) or a 0-dim tensor (compiled: fused all the same)."""
+    if isinstance(scale, Tensor):
+        target.add_(tensor * scale)
+    else:
+        target.add_(tensor, alpha=scale)
+
+
+def _foreach_add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Tensor) -> None:
+    """`_add_scaled_` over lists."""
+    if isinstance(scale, Tensor):
+        torch._foreach_add_(targets, torch._foreach_mul(tensors, scale))
+    else:
+        torch._foreach_add_(targets, tensors, alpha=scale)
 
 
 def _update_layers(
@@ -449,7 +587,8 @@ def _update_layer(
         grad_norm_sq = grad_norm.square()
     if grad_factor is not None:
         grad_norm_sq = grad_norm_sq * grad_factor.square()
-    exp_avg_sq.mul_(k.beta2).add_(grad_norm_sq, alpha=1.0 - k.beta2)
+    exp_avg_sq.mul_(k.beta2)
+    _add_scaled_(exp_avg_sq, grad_norm_sq, 1.0 - k.beta2)
     second_moment = exp_avg_sq
     if max_exp_avg_sq is not None:
         second_moment = torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
@@ -463,13 +602,10 @@ def _update_layer(
     if grad_factor is not None:
         grad_coef = grad_coef * grad_factor
     exp_avg.mul_(k.beta1)
-    if k.weight_decay != 0.0:
-        exp_avg.add_(param, alpha=k.c * k.weight_decay)
+    if k.decay:
+        _add_scaled_(exp_avg, param, k.c * k.weight_decay)
     exp_avg.addcmul_(grad, grad_coef)
-    if isinstance(lr, Tensor):
-        param.sub_(exp_avg * lr)
-    else:
-        param.add_(exp_avg, alpha=-lr)
+    _add_scaled_(param, exp_avg, -lr)
 
 
 # Inductor sums a float32 reduction longer than 4096 elements through a "cascade" helper that keeps the running
@@ -506,7 +642,7 @@ def _multi_tensor_update(
     if grad_factor is not None:
         grad_norms = torch._foreach_mul(grad_norms, grad_factor)
     torch._foreach_mul_(exp_avg_sqs, k.beta2)
-    torch._foreach_add_(exp_avg_sqs, torch._foreach_mul(grad_norms, grad_norms), alpha=1.0 - k.beta2)
+    _foreach_add_scaled_(exp_avg_sqs, torch._foreach_mul(grad_norms, grad_norms), 1.0 - k.beta2)
     second_moments = exp_avg_sqs
     if k.amsgrad:
         torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
@@ -519,13 +655,10 @@ def _multi_tensor_update(
     if grad_factor is not None:
         torch._foreach_mul_(grad_coefs, grad_factor)
     torch._foreach_mul_(exp_avgs, k.beta1)
-    if k.weight_decay != 0.0:
-        torch._foreach_add_(exp_avgs, params, alpha=k.c * k.weight_decay)
+    if k.decay:
+        _foreach_add_scaled_(exp_avgs, params, k.c * k.weight_decay)
     torch._foreach_addcmul_(exp_avgs, grads, grad_coefs)
-    if isinstance(lr, Tensor):
-        torch._foreach_sub_(params, torch._foreach_mul(exp_avgs, lr))
-    else:
-        torch._foreach_add_(params, exp_avgs, alpha=-lr)
+    _foreach_add_scaled_(params, exp_avgs, -lr)
 
 
 def _norms_of(grads: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
@@ -560,10 +693,11 @@ def _compiled(name: str, device: torch.device):
         if name == "layer_norms":
             compiled = torch.compile(_norms_of, dynamic=False, options=_INDUCTOR_OPTIONS)
         elif device.type == "cpu":
-            compiled = torch.compile(_update_layers, dynamic=False,
+            compiled = torch.compile(_with_tensor_hyperparameters(_update_layers), dynamic=False,
                                      options={**_INDUCTOR_OPTIONS, "reorder_for_peak_memory": False})
         else:
-            compiled = torch.compile(_multi_tensor_update, dynamic=False, options=_INDUCTOR_OPTIONS)
+            compiled = torch.compile(_with_tensor_hyperparameters(_multi_tensor_update), dynamic=False,
+                                     options=_INDUCTOR_OPTIONS)
         _compiled_functions[key] = compiled
     return compiled
 
@@ -577,7 +711,8 @@ def _without_mutated_cpu_float64_scalars(tensors: tuple[Any, ...]) -> tuple[Any,
     `OutputGraph.remove_tensorify_specialized_graphargs` deletes every node whose value carries that symbol and
     whose users are all `.item()` calls, which an in-place update of the input (no users at all) vacuously is.
     So `v.add_(x)` on such an input is silently dropped: the second moments (and 0-dim parameters) never changed
-    in fp64. The same tensors viewed with one dimension are ordinary inputs. Reads (lr, norms) are unaffected.
+    in fp64 (in the compiled update, and on every path when the caller compiles `step()`). The same tensors
+    viewed with one dimension are ordinary inputs. Reads (lr, norms) are unaffected.
     tests/test_novograd_paths.py holds the minimal reproduction, marked xfail until torch fixes it.
     """
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, grad_norms = tensors
@@ -586,16 +721,3 @@ def _without_mutated_cpu_float64_scalars(tensors: tuple[Any, ...]) -> tuple[Any,
         return [t.view(1) if t.dim() == 0 else t for t in ts]
 
     return viewed(params), grads, viewed(exp_avgs), viewed(exp_avg_sqs), viewed(max_exp_avg_sqs), grad_norms
-
-
-_lr_tensors: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-
-
-def _lr_tensor(lr: float, param: Tensor) -> Tensor:
-    """The learning rate as a reused device tensor, so a changing lr is data, not a recompilation."""
-    key = (param.device, _moment_dtype(param.dtype))
-    tensor = _lr_tensors.get(key)
-    if tensor is None:
-        tensor = _lr_tensors[key] = torch.zeros((), dtype=key[1], device=param.device)
-    tensor.fill_(lr)
-    return tensor
