@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import novograd.engine  # noqa: F401  (registers the resolvers configs/config.yaml uses; torch is not imported)
-from novograd.engine.compose import settle_and_check
+from novograd.engine.compose import direct_command_problem, settle_and_check
 from novograd.engine.config_checks import missing_launcher_plugin
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")  # the repository's configs/
@@ -46,7 +46,8 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
-    if missing_plugin := missing_launcher_plugin(sys.argv[1:]):  # before Hydra, which cannot compose without it
-        print(missing_plugin, file=sys.stderr)
+    # Before Hydra, which cannot compose without the plugin, and whose answer to a misspelt key is to add it.
+    if problem := missing_launcher_plugin(sys.argv[1:]) or direct_command_problem(sys.argv[1:]):
+        print(problem, file=sys.stderr)
         sys.exit(2)
     main()

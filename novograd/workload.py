@@ -9,6 +9,7 @@ module in `data/`, and configs: nothing in the engine changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,13 @@ class Workload(ABC):
 
     @abstractmethod
     def build_model(self) -> nn.Module: ...
+
+    @classmethod
+    def check_data(cls, data: Mapping[str, Any]) -> None:
+        """Raise the data module's error (FileNotFoundError or ValueError, naming the make target that prepares the
+        dataset) when the dataset the data config `data` reads is not there; a synthetic twin needs nothing. The
+        launcher calls it before any worker starts (novograd/engine/config_checks.py); `build_datasets` makes the
+        same check through the same function. The default: a workload without files."""
 
     @abstractmethod
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:

@@ -107,7 +107,7 @@ def test_unusable_output_dir_fails_before_the_datasets_are_built(tmp_path: Path,
     a_file = tmp_path / "a_file"
     a_file.write_text("not a directory")
     output_dir = a_file if kind == "file" else a_file / "run"
-    # The dataset root does not exist: building the datasets first would fail with prepare_imagenet.sh's message.
+    # The dataset root does not exist: building the datasets first would fail with make prepare-imagenet's message.
     cfg = compose_config([*IMAGENET_MISSING, f"data.root={tmp_path / 'nowhere'}"], output_dir)
     with pytest.raises(ValueError, match=rf"trainer.output_dir={output_dir} (is a file|cannot be written)"):
         run(cfg)

@@ -31,6 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from novograd.engine.compose import LAUNCHER_CHECKED_ENV
 from novograd.engine.preemption import OUTCOME_FILE_ENV, PREEMPTION_SIGNALS
 
 TRAINING_MODULE = "novograd.train"
@@ -42,6 +43,7 @@ log = logging.getLogger("novograd.launcher")
 DEFAULTS = {
     "PET_SIGNALS_TO_HANDLE": ",".join(["SIGINT", "SIGHUP", "SIGQUIT", *(sig.name for sig in PREEMPTION_SIGNALS)]),
     "PET_SHUTDOWN_TIMEOUT": "600",
+    LAUNCHER_CHECKED_ENV: "1",  # the workers need not compose the command once more before Hydra does
 }
 
 
@@ -124,9 +126,8 @@ def check_training_command(argv: list[str]) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from novograd.engine.compose import added_keys, compose_run_config
-    from novograd.engine.config_checks import (
-        composition_error_message, config_errors, format_problems, missing_launcher_plugin)
+    from novograd.engine.compose import added_keys, compose_run_config, describe_composition_error
+    from novograd.engine.config_checks import config_errors, data_problems, format_problems, missing_launcher_plugin
 
     split = _training_args(argv)
     jobs = job_overrides(split[1]) if split else None
@@ -140,10 +141,12 @@ def check_training_command(argv: list[str]) -> str | None:
         try:
             cfg, _ = compose_run_config(overrides)
         except (HydraException, OmegaConfBaseException) as error:
-            return which + composition_error_message(error)
+            return which + describe_composition_error(error, overrides)
         problems = config_errors(cfg, world_size, added_keys(overrides))
         if problems:
             return which + format_problems(problems)
+        if problems := data_problems(cfg):
+            return which + format_problems(problems, "Dataset not found")
     return None
 
 
