@@ -42,6 +42,9 @@ class Workload(ABC):
     #: The paper's metrics and whether higher or lower is better; the engine tracks the best of each and tells
     #: W&B how to summarise them (e.g. {"top1": "max", "top5": "max"} or {"wer_dev_clean": "min"}).
     metric_goals: dict[str, Literal["max", "min"]] = {}
+    #: The columns of the paper's table (results/paper/tables.yaml), the metrics the run's final line shows
+    #: (summary.json holds every one); empty: those of `metric_goals`.
+    paper_columns: tuple[str, ...] = ()
     #: The metric that decides the "best" checkpoint.
     primary_metric: str = ""
     #: Whether `trainer.batch_size` is a count (examples, streams) cut into micro-batches of
@@ -58,6 +61,11 @@ class Workload(ABC):
 
     @abstractmethod
     def build_model(self) -> nn.Module: ...
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """`paper_columns`, else the metrics of `metric_goals`."""
+        return cls.paper_columns or tuple(cls.metric_goals)
 
     @classmethod
     def check_data(cls, data: Mapping[str, Any]) -> None:

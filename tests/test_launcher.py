@@ -145,6 +145,19 @@ def test_the_world_size_torchrun_is_asked_for_is_checked() -> None:
     assert check_training_command(["--nproc-per-node=2", "--nnodes=1:4", *SMOKE_ROW]) is None  # elastic: unknown
 
 
+def test_ranks_sharing_a_cpu_split_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS is set before torchrun, which would set 1 per rank with a 4-line warning."""
+    from novograd.engine.launcher import thread_defaults
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert thread_defaults(["--nproc-per-node=2", *SMOKE_ROW]) == {"OMP_NUM_THREADS": "4"}
+    assert thread_defaults(["--nproc-per-node=3", *SMOKE_ROW]) == {"OMP_NUM_THREADS": "2"}
+    assert thread_defaults(["--nproc-per-node=1", *SMOKE_ROW]) == {}  # torch uses every core
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert thread_defaults(["--nproc-per-node=2", *SMOKE_ROW]) == {"OMP_NUM_THREADS": "1"}
+
+
 def test_composition_errors_read_as_config_errors() -> None:
     """A misspelt key gets the key meant on the first try (not Hydra's advice to append it with `+`), an unknown
     row the closest rows; other composition errors keep Hydra's words."""

@@ -47,6 +47,21 @@ DEFAULTS = {
 }
 
 
+def thread_defaults(argv: list[str]) -> dict[str, str]:
+    """OMP_NUM_THREADS for workers that share a node (unless set): its cores split between the ranks when they
+    compute on the CPU, 1 per rank when GPUs are there to compute. Unset, torchrun sets 1 for every rank with a
+    4-line warning, which on the CPU leaves all but one core per rank idle; a GPU rank's own threads only feed the
+    GPU. One rank per node needs nothing: torch uses every core."""
+    import torch
+    from torch.distributed.run import determine_local_world_size, get_args_parser
+
+    nproc = determine_local_world_size(get_args_parser().parse_args(argv).nproc_per_node)
+    if nproc <= 1:
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"OMP_NUM_THREADS": str(1 if torch.cuda.is_available() else max(1, cores // nproc))}
+
+
 def exit_status(received: signal.Signals, outcome_file: Path) -> int:
     """0 when the workers recorded a clean end of the run after `received`, else 128 + its number."""
     if not outcome_file.is_file():
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(problem, file=sys.stderr, flush=True)
         return 2
-    for name, value in DEFAULTS.items():
+    for name, value in (DEFAULTS | thread_defaults(argv)).items():
         os.environ.setdefault(name, value)
     with tempfile.TemporaryDirectory(prefix="novograd-launcher-") as scratch:
         outcome_file = Path(scratch) / "outcome.json"

@@ -25,7 +25,7 @@ from novograd.engine.batches import to_device
 from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
-from novograd.engine.logger import RunLogger, TrainingStatus, summary_line
+from novograd.engine.logger import RunLogger, TrainingStatus, metrics_text, summary_line
 from novograd.engine.output_dir import ensure_writable_output_dir
 from novograd.engine.precision import Precision, enable_tf32
 from novograd.engine.preemption import PreemptionFlag, resume_instructions
@@ -69,11 +69,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             _finished_summary(output_dir) if cfg.trainer.resume and context.is_main else None
         )
         if finished is not None:
+            from hydra.utils import get_class
+
             log.info(
                 "This run already finished: %s. Nothing to train. To train the same settings again, add seed=<n> "
                 "or run_name=<name>, or give another trainer.output_dir.", output_dir / SUMMARY_FILE,
             )
-            log.info(summary_line(finished))
+            log.info(summary_line(finished, columns=get_class(cfg.workload._target_).columns()))
             return finished
         return Trainer(cfg, context, output_dir).fit()
     finally:
@@ -297,7 +299,7 @@ class Trainer:
                 progress.best[name] = metrics[name]
                 improved |= name == self.workload.primary_metric
         self.logger.log(progress.step, {f"eval/{k}": v for k, v in metrics.items()} | {"epoch": self._epoch_float()})
-        log.info("step %d eval: %s", progress.step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        log.info("step %d eval: %s", progress.step, metrics_text(metrics))
         return improved
 
     def _epoch_float(self) -> float:
@@ -369,7 +371,7 @@ class Trainer:
         self.logger.close()
         if stop_reason and self.context.is_main:
             log.warning(resume_instructions(stop_reason, progress.step, self.total_steps, self.checkpoints.last_path))
-        log.info(summary_line(summary, self.total_steps))
+        log.info(summary_line(summary, self.total_steps, self.workload.columns()))
         return summary
 
     def _train_epoch(self, preemption: PreemptionFlag) -> str:
