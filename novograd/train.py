@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,17 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Any:
     """Train the configured experiment; returns the run's summary (final and best metrics)."""
+    from novograd.engine.lazy_dynamo import dynamo_import_skipped
     from novograd.engine.output_dir import no_empty_directories_left
     from novograd.engine.preemption import hand_on_signal, record_outcome
 
     runtime = HydraConfig.get().runtime
+    # Only trainer.compile and NovoGrad's compiled step (optimizer.fused) call torch.compile: without them this
+    # process need not import TorchDynamo (novograd/engine/lazy_dynamo.py).
+    compiles = cfg.trainer.compile or cfg.optimizer.get("fused")
     # Hydra made its run folder before a config error, a failure or trainer.output_dir could leave it unused.
-    with no_empty_directories_left([Path(runtime.output_dir), Path(cfg.trainer.output_dir)]):
+    with no_empty_directories_left([Path(runtime.output_dir), Path(cfg.trainer.output_dir)]), \
+            nullcontext() if compiles else dynamo_import_skipped():
         settle_and_check(cfg)  # the optimizer swap, the debug warmup and every check that needs no model or data
         if cfg.get("experiment_name") is None and runtime.choices.get("debug") is None:  # debug runs reproduce no row
             with open_dict(cfg):

@@ -143,6 +143,7 @@ def check_training_command(argv: list[str]) -> str | None:
 
     from novograd.engine.compose import added_keys, compose_run_config, describe_composition_error
     from novograd.engine.config_checks import config_errors, data_problems, format_problems, missing_launcher_plugin
+    from novograd.engine.lazy_dynamo import dynamo_import_skipped
 
     split = _training_args(argv)
     jobs = job_overrides(split[1]) if split else None
@@ -157,7 +158,8 @@ def check_training_command(argv: list[str]) -> str | None:
             cfg, _ = compose_run_config(overrides)
         except (HydraException, OmegaConfBaseException) as error:
             return which + describe_composition_error(error, overrides)
-        problems = config_errors(cfg, world_size, added_keys(overrides))
+        with dynamo_import_skipped():  # the checks' stand-in optimizers compile nothing
+            problems = config_errors(cfg, world_size, added_keys(overrides))
         if problems:
             return which + format_problems(problems)
         if problems := data_problems(cfg):
