@@ -12,6 +12,9 @@ cannot express (`settle_config`), then the checks that need no model and no data
 - `compose_config`: the config in-process (Hydra's compose API), for the launcher, tests, benchmarks and notebooks
   that call `novograd.engine.run(cfg)` directly. Hydra's `${hydra:...}` resolvers do not exist outside
   `@hydra.main`, so the caller names the output directory.
+- `describe_composition_error`: a command that does not compose, in the suite's words: a misspelt key with the key
+  meant (Hydra would advise adding it with `+`), an experiment that does not exist with the closest rows. The
+  launcher reports it for each job, `python -m novograd.train` before Hydra composes (`direct_command_problem`).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ a `+key` nothing reads, ...), each with what to change. It applies the rules of 
 (the optimizer factory, the schedule, the precision, the batch accumulation) to stand-ins that cost nothing, so
 each rule is written once, where it is enforced. `novograd.engine.launcher` (what `make <row>` runs) checks
 every job of a command before starting torchrun's workers; `python -m novograd.train` checks again, for direct
-torchrun or python use. `composition_error_message` makes Hydra's own composition errors (a key that does not
-exist, a missing config group option) read the same way, and `missing_launcher_plugin` says what to install for
-`launcher=slurm`.
+torchrun or python use. `composition_error_message` makes Hydra's own composition errors (a missing config group
+option, ...) read the same way; `unknown_key_problem` and `unknown_experiment_problem` answer a misspelt key and a
+row that does not exist with the closest ones (novograd.engine.compose finds them); `missing_launcher_plugin` says
+what to install for `launcher=slurm`. `data_problems` says that a run's dataset is not there, for the launcher.
 """
 
 from __future__ import annotations

@@ -15,9 +15,11 @@ Any other failure ends as torchrun's does. Options given on the command line or 
 
 Before torchrun starts any worker, a `-m novograd.train` command is checked (`check_training_command`): every job
 of it (each combination of a `-m` sweep) is composed with Hydra's compose API, settled as the workers will settle
-it, and checked (novograd/engine/config_checks.py) for the world size torchrun is asked for. A config error is
-printed once, without a traceback, and the launcher exits 2: seconds, instead of every rank failing after
-building its model and datasets. Hydra's flags after the overrides (`make <row> ARGS="-m optimizer.lr=0.01,0.02"`
+it, and checked (novograd/engine/config_checks.py) for the world size torchrun is asked for, and its dataset must
+be there (the workload's own check, whose message names the make target that prepares it). A config error or a
+missing dataset is printed once, without a traceback, and the launcher exits 2: seconds, instead of every rank
+failing after building its model and datasets. Several ranks on a node get an OMP_NUM_THREADS that splits its
+cores (`thread_defaults`). Hydra's flags after the overrides (`make <row> ARGS="-m optimizer.lr=0.01,0.02"`
 puts `-m` after `experiment=<row>`, which Hydra's parser refuses) are moved before them.
 """
 
