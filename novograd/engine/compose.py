@@ -128,13 +128,16 @@ def composition_problem(overrides: list[str]) -> str | None:
 def direct_command_problem(script_args: list[str]) -> str | None:
     """`composition_problem` of `python -m novograd.train <script_args>`, for its entry point to print before Hydra
     composes (Hydra's own message for a misspelt key advises adding it with `+`). None for a sweep (`-m`: Hydra
-    composes its jobs one by one) and under novograd.engine.launcher, which checked every job already."""
+    composes its jobs one by one), for another primary config (`--config-name`, ...), and under
+    novograd.engine.launcher, which checked every job already."""
     from hydra._internal.utils import get_args_parser
 
     if os.environ.get(LAUNCHER_CHECKED_ENV) == "1":
         return None
     args = get_args_parser().parse_intermixed_args(script_args)
-    return None if args.multirun else composition_problem(list(args.overrides))
+    if args.multirun or args.config_name or args.config_path or args.config_dir or args.experimental_rerun:
+        return None
+    return composition_problem(list(args.overrides))
 
 
 def describe_composition_error(error: Exception, overrides: list[str]) -> str:
