@@ -91,7 +91,8 @@ endef
 $(foreach e,$(EXPERIMENTS),$(eval $(call EXPERIMENT_RULE,$(e))))
 
 # Any other target (a mistyped row such as `make table1-novograd-50ep`): the rows of its table and `make help`,
-# instead of make's "No rule to make target". `.DEFAULT` applies only to targets that have no rule and are no file,
-# so it changes neither the targets above nor make's remaking of files.
+# instead of make's "No rule to make target". `.DEFAULT` serves only targets without a rule, so the targets above keep
+# their recipes; a file that exists (the Makefile, when make checks whether to remake it) is up to date and never
+# runs it.
 .DEFAULT:
 	@echo "make: no target '$@'. $(if $(filter $(firstword $(subst -, ,$@))-%,$(EXPERIMENT_TARGETS)),Rows of $(firstword $(subst -, ,$@)): $(filter $(firstword $(subst -, ,$@))-%,$(EXPERIMENT_TARGETS)). )\`make help\` lists every target and paper row." >&2; exit 2
