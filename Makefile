@@ -89,3 +89,10 @@ $(call target_name,$(1)): ## experiment=$(1)
 	$(UV) run --frozen python -m novograd.engine.launcher --nproc-per-node=$$(NPROC) --nnodes=$$(NNODES) $$(TORCHRUN_ARGS) -m novograd.train experiment=$(1) $$(ARGS)
 endef
 $(foreach e,$(EXPERIMENTS),$(eval $(call EXPERIMENT_RULE,$(e))))
+
+# Any other target (a mistyped row such as `make table1-novograd-50ep`): the rows of its table and `make help`,
+# instead of make's "No rule to make target". `.DEFAULT` serves only targets without a rule, so the targets above keep
+# their recipes; a file that exists (the Makefile, when make checks whether to remake it) is up to date and never
+# runs it.
+.DEFAULT:
+	@echo "make: no target '$@'. $(if $(filter $(firstword $(subst -, ,$@))-%,$(EXPERIMENT_TARGETS)),Rows of $(firstword $(subst -, ,$@)): $(filter $(firstword $(subst -, ,$@))-%,$(EXPERIMENT_TARGETS)). )\`make help\` lists every target and paper row." >&2; exit 2

@@ -1,6 +1,7 @@
 """ImageNet (ILSVRC2012) as torchvision ImageFolders, with the paper's standard augmentation.
 
-Layout under `root` (what `scripts/prepare_imagenet.sh` writes): `train/<wnid>/*.JPEG` and `val/<wnid>/*.JPEG`.
+Layout under `root` (what `make prepare-imagenet` writes, through `scripts/prepare_imagenet.sh`): `train/<wnid>/*.JPEG`
+and `val/<wnid>/*.JPEG`.
 Training: random-resized crop (area `crop_scale`) + horizontal flip; evaluation: resize the short side to
 `eval_resize`, centre crop `image_size` (single crop, as Table 1). Both normalise with the ImageNet mean/std.
 
@@ -26,7 +27,7 @@ from data.corrupt import SkipPolicy, UnreadableFileError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PREPARE_SCRIPT = "scripts/prepare_imagenet.sh"
+PREPARE_COMMAND = "make prepare-imagenet ARCHIVES=/path/to/archives IMAGENET_ROOT={root}"
 EXPECTED_LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"
 
 
@@ -136,7 +137,7 @@ def check_layout(root: str | os.PathLike[str]) -> Path:
         if not has_class_dir:
             raise FileNotFoundError(
                 f"ImageNet not found: {split_dir} is missing or holds no class folders. Expected {EXPECTED_LAYOUT}. "
-                f"Create it from the official ILSVRC2012 archives with `{PREPARE_SCRIPT} ARCHIVE_DIR {root}`, "
+                f"Create it from the official ILSVRC2012 archives with `{PREPARE_COMMAND.format(root=root)}`, "
                 "then point data.root (or the IMAGENET_ROOT environment variable) at it."
             )
     return root
@@ -172,11 +173,12 @@ def build_imagenet_datasets(
         val = ImageNetFolder(str(root / "val"), eval_transform(image_size, eval_resize), skip_corrupt)
     except FileNotFoundError as error:  # class folders without any image file
         raise FileNotFoundError(
-            f"{error}. Expected {EXPECTED_LAYOUT}; re-run `{PREPARE_SCRIPT}` to complete the extraction."
+            f"{error}. Expected {EXPECTED_LAYOUT}; re-run `{PREPARE_COMMAND.format(root=root)}` to complete the "
+            "extraction."
         ) from error
     if train.classes != val.classes or len(train.classes) != num_classes:
         raise ValueError(
             f"{root}: train/ has {len(train.classes)} class folders and val/ has {len(val.classes)}, "
-            f"data.num_classes is {num_classes}; they must all agree (re-run `{PREPARE_SCRIPT}`)."
+            f"data.num_classes is {num_classes}; they must all agree (re-run `{PREPARE_COMMAND.format(root=root)}`)."
         )
     return train, val

@@ -341,12 +341,18 @@ def _transcript_lines(transcript_file: Path) -> Iterator[tuple[int, str, str]]:
         yield number, utterance, text
 
 
-def read_manifest(manifest: str | os.PathLike[str]) -> tuple[list[str], list[float], list[str]]:
-    """(audio paths, durations in seconds, transcripts) of a manifest; relative paths resolved against its folder.
+def check_prepared(root: str | os.PathLike[str] | None, manifests: Iterable[str]) -> Path:
+    """`root` as a Path if it holds every manifest of `manifests` (names relative to it), else the error that says
+    how to prepare LibriSpeech: what "the data is there" means, for the datasets and the launcher's check."""
+    if root is None:
+        raise ValueError(f"data.root is null: set it (or LIBRISPEECH_ROOT) to the folder `{PREPARE_COMMAND}` made")
+    root = Path(root).expanduser()
+    for name in manifests:
+        _existing_manifest(root / name)
+    return root
 
-    A missing manifest is a FileNotFoundError that says how to prepare LibriSpeech; a malformed line or an empty
-    transcript is a ValueError naming the manifest and the line.
-    """
+
+def _existing_manifest(manifest: str | os.PathLike[str]) -> Path:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise FileNotFoundError(
@@ -354,6 +360,16 @@ def read_manifest(manifest: str | os.PathLike[str]) -> tuple[list[str], list[flo
             f"(openslr.org/12) with `{PREPARE_COMMAND}`, then point data.root (or the LIBRISPEECH_ROOT environment "
             "variable) at it."
         )
+    return manifest
+
+
+def read_manifest(manifest: str | os.PathLike[str]) -> tuple[list[str], list[float], list[str]]:
+    """(audio paths, durations in seconds, transcripts) of a manifest; relative paths resolved against its folder.
+
+    A missing manifest is a FileNotFoundError that says how to prepare LibriSpeech; a malformed line or an empty
+    transcript is a ValueError naming the manifest and the line.
+    """
+    manifest = _existing_manifest(manifest)
     paths, durations, texts = [], [], []
     with open(manifest, "rb") as lines:
         for number, raw in enumerate(lines, start=1):
@@ -526,9 +542,7 @@ def build_librispeech_datasets(
 ) -> tuple[LibriSpeechDataset, dict[str, LibriSpeechDataset]]:
     """The training set and the named evaluation sets (configs/data/librispeech.yaml documents each argument);
     manifest names are relative to `root`."""
-    if root is None:
-        raise ValueError(f"data.root is null: set it (or LIBRISPEECH_ROOT) to the folder `{PREPARE_COMMAND}` made")
-    root = Path(root).expanduser()
+    root = check_prepared(root, [*train_manifests, *eval_manifests.values()])
     pipeline = LogMelFeatures(**features)
     train = LibriSpeechDataset(
         [root / name for name in train_manifests], pipeline, train=True, speed_perturb=speed_perturb,

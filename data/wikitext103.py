@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -284,11 +284,9 @@ class Corpus:
         return [self.vocab[index] for index in ids]
 
 
-def load_corpus(root: str | os.PathLike[str], vocab_size: int | None = None) -> Corpus:
-    """The corpus prepared under `root`, or a FileNotFoundError that says how to prepare it.
-
-    `vocab_size`, when given (the model's `data.vocab_size`), must equal the corpus's vocabulary size.
-    """
+def read_metadata(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of the complete corpus prepared under `root`, or the error that says how to prepare it: what
+    "the data is there" means, for `load_corpus` and the launcher's check."""
     root = Path(root).expanduser()
     metadata_path = root / METADATA_FILE
     if not metadata_path.is_file():
@@ -307,9 +305,20 @@ def load_corpus(root: str | os.PathLike[str], vocab_size: int | None = None) -> 
             raise FileNotFoundError(
                 f"{root / name} is missing; delete {metadata_path}. " + PREPARE_HINT.format(root=root)
             )
+    return metadata
+
+
+def load_corpus(root: str | os.PathLike[str], vocab_size: int | None = None) -> Corpus:
+    """The corpus prepared under `root`, or a FileNotFoundError that says how to prepare it.
+
+    `vocab_size`, when given (the model's `data.vocab_size`), must equal the corpus's vocabulary size.
+    """
+    root = Path(root).expanduser()
+    metadata = read_metadata(root)
     vocab = tuple(read_vocab(root / VOCAB_FILE))
     if len(vocab) != metadata["vocab_size"] or vocab[0] != EOS:
-        raise ValueError(f"{root / VOCAB_FILE} does not match {metadata_path}: the corpus is damaged; prepare it again")
+        raise ValueError(f"{root / VOCAB_FILE} does not match {root / METADATA_FILE}: the corpus is damaged; "
+                         "prepare it again")
     if vocab_size is not None and vocab_size != len(vocab):
         raise ValueError(
             f"data.vocab_size is {vocab_size} but the corpus in {root} has {len(vocab)} words; set data.vocab_size "

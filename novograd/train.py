@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import novograd.engine  # noqa: F401  (registers the resolvers configs/config.yaml uses; torch is not imported)
-from novograd.engine.compose import settle_and_check
+from novograd.engine.compose import direct_command_problem, settle_and_check
 from novograd.engine.config_checks import missing_launcher_plugin
 from novograd.engine.exit_codes import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_NO_SPACE
 
@@ -28,12 +29,17 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> Any:
     """Train the configured experiment; returns the run's summary (final and best metrics)."""
+    from novograd.engine.lazy_dynamo import dynamo_import_skipped
     from novograd.engine.output_dir import no_empty_directories_left
     from novograd.engine.preemption import hand_on_signal, record_outcome
 
     runtime = HydraConfig.get().runtime
+    # Only trainer.compile and NovoGrad's compiled step (optimizer.fused) call torch.compile: without them this
+    # process need not import TorchDynamo (novograd/engine/lazy_dynamo.py).
+    compiles = cfg.trainer.compile or cfg.optimizer.get("fused")
     # Hydra made its run folder before a config error, a failure or trainer.output_dir could leave it unused.
-    with no_empty_directories_left([Path(runtime.output_dir), Path(cfg.trainer.output_dir)]):
+    with no_empty_directories_left([Path(runtime.output_dir), Path(cfg.trainer.output_dir)]), \
+            nullcontext() if compiles else dynamo_import_skipped():
         settle_and_check(cfg)  # the optimizer swap, the debug warmup and every check that needs no model or data
         if cfg.get("experiment_name") is None and runtime.choices.get("debug") is None:  # debug runs reproduce no row
             with open_dict(cfg):
@@ -57,7 +63,8 @@ def main(cfg: DictConfig) -> Any:
 
 
 if __name__ == "__main__":
-    if missing_plugin := missing_launcher_plugin(sys.argv[1:]):  # before Hydra, which cannot compose without it
-        print(missing_plugin, file=sys.stderr)
+    # Before Hydra, which cannot compose without the plugin, and whose answer to a misspelt key is to add it.
+    if problem := missing_launcher_plugin(sys.argv[1:]) or direct_command_problem(sys.argv[1:]):
+        print(problem, file=sys.stderr)
         sys.exit(2)
     main()

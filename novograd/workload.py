@@ -9,6 +9,7 @@ module in `data/`, and configs: nothing in the engine changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,9 @@ class Workload(ABC):
     #: The paper's metrics and whether higher or lower is better; the engine tracks the best of each and tells
     #: W&B how to summarise them (e.g. {"top1": "max", "top5": "max"} or {"wer_dev_clean": "min"}).
     metric_goals: dict[str, Literal["max", "min"]] = {}
+    #: The columns of the paper's table (results/paper/tables.yaml), the metrics the run's final line shows
+    #: (summary.json holds every one); empty: those of `metric_goals`.
+    paper_columns: tuple[str, ...] = ()
     #: The metric that decides the "best" checkpoint.
     primary_metric: str = ""
     #: Whether `trainer.batch_size` is a count (examples, streams) cut into micro-batches of
@@ -57,6 +61,18 @@ class Workload(ABC):
 
     @abstractmethod
     def build_model(self) -> nn.Module: ...
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """`paper_columns`, else the metrics of `metric_goals`."""
+        return cls.paper_columns or tuple(cls.metric_goals)
+
+    @classmethod
+    def check_data(cls, data: Mapping[str, Any]) -> None:
+        """Raise the data module's error (FileNotFoundError or ValueError, naming the make target that prepares the
+        dataset) when the dataset the data config `data` reads is not there; a synthetic twin needs nothing. The
+        launcher calls it before any worker starts (novograd/engine/config_checks.py); `build_datasets` makes the
+        same check through the same function. The default: a workload without files."""
 
     @abstractmethod
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from novograd.engine.compose import CONFIG_DIR, added_keys, compose_config
-from novograd.engine.config_checks import ConfigError, check_config, config_errors
+from novograd.engine.compose import CONFIG_DIR, added_keys, compose_config, composition_problem
+from novograd.engine.config_checks import ConfigError, check_config, config_errors, data_problems
 
 SMOKE = ["experiment=table1/novograd_100ep", "debug=smoke", "logger=none"]
 
@@ -90,5 +90,60 @@ def test_the_entry_point_reports_a_config_error_once_without_a_traceback_even_wi
     assert result.stderr.count("Config error (nothing was started)") == 1, result.stderr
     assert "optimizer.lr must be a positive number" in result.stderr and "+trainer.batchsize" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert "prepare_imagenet" not in result.stderr  # the dataset was never opened
+    assert "prepare-imagenet" not in result.stderr  # the dataset was never opened
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.learning_rate=0.01", "unknown key optimizer.learning_rate: did you mean optimizer.lr? valid keys of "
+                                     "optimizer are ['amsgrad', 'betas', "),
+    ("trainer.batchsize=8", "unknown key trainer.batchsize: did you mean trainer.batch_size?"),
+    ("optimzer.lr=0.01", "unknown key optimzer.lr: did you mean optimizer.lr?"),
+    ("optimizer.lr.x=1", "optimizer.lr.x: optimizer.lr is a value, not a section with keys"),
+])
+def test_a_misspelt_key_gets_the_closest_key_at_once(override: str, message: str) -> None:
+    """Where Hydra advises appending the key with `+`, the suite names the key meant (unit level; the entry point
+    and the launcher print the same, tests/test_launcher.py)."""
+    assert composition_problem(SMOKE) is None  # the negative control
+    problem = composition_problem([*SMOKE, override])
+    assert problem.startswith("Config error (nothing was started):\n  - ") and message in problem, problem
+    assert "To append" not in problem
+
+
+def test_every_misspelt_key_is_named() -> None:
+    problem = composition_problem([*SMOKE, "trainer.batchsize=8", "optimizer.wd=0.1"])
+    assert "did you mean trainer.batch_size?" in problem and "did you mean optimizer.weight_decay?" in problem
+
+
+def test_an_experiment_that_does_not_exist_names_the_closest_rows() -> None:
+    problem = composition_problem(["experiment=table1/novograd_50ep"])
+    assert "experiment=table1/novograd_50ep: no such experiment; the closest: table1/novograd_" in problem, problem
+    assert "table1/novograd_100ep" in problem and "`make help` lists every paper row" in problem
+
+
+@pytest.mark.parametrize("row, target", [("table1/novograd_100ep", "make prepare-imagenet ARCHIVES="),
+                                         ("table4/novograd", "make prepare-librispeech ARCHIVES="),
+                                         ("table6/novograd_12b", "make prepare-wikitext103 WT103_ROOT="),
+                                         ("table7/novograd", "make prepare-wmt14 WMT14_ROOT=")])
+def test_a_missing_dataset_names_its_make_target(tmp_path, row: str, target: str) -> None:
+    """The workload's `check_data` (the data module's own check) for the launcher's pre-flight check; a debug run
+    reads its synthetic twin and needs no dataset."""
+    (problem,) = data_problems(compose_config([f"experiment={row}", f"data.root={tmp_path}"], "unused"))
+    assert target in problem and str(tmp_path) in problem, problem
+    assert data_problems(compose_config([f"experiment={row}", "debug=smoke", f"data.root={tmp_path}"], "unused")) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ("experiment=table1/novograd_100ep optimizer.learning_rate=0.01",
+     "unknown key optimizer.learning_rate: did you mean optimizer.lr?"),
+    ("experiment=table1/novograd_50ep", "experiment=table1/novograd_50ep: no such experiment; the closest: table1/"),
+])
+def test_the_entry_point_answers_a_typo_on_the_first_try(tmp_path, overrides: str, message: str) -> None:
+    """`python -m novograd.train` (before Hydra composes: no torch import, about a second)."""
+    command = [sys.executable, "-m", "novograd.train", "debug=smoke", "logger=none", *overrides.split()]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(CONFIG_DIR.parent)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count(message) == 1, result.stderr
+    assert "To append" not in result.stderr and "Available options" not in result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []

@@ -168,3 +168,34 @@ def test_preemption_flag_restores_a_previous_python_handler_and_hand_on_delivers
         assert received == [signal.SIGUSR1]
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_process_that_compiles_nothing_trains_without_importing_dynamo(tmp_path: Path) -> None:
+    """novograd/engine/lazy_dynamo.py: an optimizer's whole life (build, step, zero_grad, state_dict and back) runs
+    without torch._dynamo inside `dynamo_import_skipped`, and imports it as before once the block is left (the
+    negative control: the methods are restored)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from novograd.engine.lazy_dynamo import dynamo_import_skipped
+from novograd.optim.factory import build_optimizer
+
+def lifetime():
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer({"name": "novograd", "lr": 0.01}, model)
+    model(torch.ones(4, 3)).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    optimizer.load_state_dict(optimizer.state_dict())
+
+with dynamo_import_skipped():
+    lifetime()
+print("inside:", "torch._dynamo" in sys.modules)
+lifetime()
+print("after:", "torch._dynamo" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.split() == ["inside:", "False", "after:", "True"], result.stdout + result.stderr[-2000:]

@@ -143,8 +143,38 @@ def test_plain_progress_lines_and_a_summary_line_without_a_terminal(tmp_path: Pa
     progress = [line for line in lines if line.startswith("step ") and " | loss " in line]
     assert [line.split(" |")[0] for line in progress] == ["step 2/4", "step 4/4"]
     assert all(" examples/s | elapsed 0:00:" in line and "| ETA " in line for line in progress)
-    assert lines[-1] == (f"Finished 4/4 steps: mse={summary['mse']:.4f}, best_mse={summary['best_mse']:.4f} | wall "
-                         f"time 0:00:0{round(summary['wall_time_s'])} | output {tmp_path}")
+    assert lines[-1] == (f"Finished 4/4 steps: mse={summary['mse']:.4f} | wall time "
+                         f"0:00:0{round(summary['wall_time_s'])} | output {tmp_path}")
+    assert "best_mse" in summary  # the final line shows the paper's columns; summary.json holds every metric
+
+
+def test_the_final_line_shows_the_paper_columns_and_counts_that_are_not_zero() -> None:
+    from novograd.engine.logger import metrics_text, summary_line
+
+    summary = {"valid_bleu": 0.5, "sacrebleu": 1.25, "tokenized_bleu": 2.0, "best_sacrebleu": 1.5, "skipped_val": 0,
+               "skipped_train": 3, "steps": 4, "wall_time_s": 2.0, "output_dir": "/out"}
+    assert summary_line(summary, 4, ("sacrebleu", "tokenized_bleu")) == (
+        "Finished 4/4 steps: sacrebleu=1.2500, tokenized_bleu=2.0000, skipped_train=3 | wall time 0:00:02 | output /out")
+    # Without columns every metric is shown (the zero count still left out), as on an evaluation line.
+    assert summary_line(summary).startswith("Finished 4 steps: valid_bleu=0.5000, sacrebleu=1.2500, tokenized_bleu="
+                                            "2.0000, best_sacrebleu=1.5000, skipped_train=3 |")
+    assert metrics_text({"top1": 37.5, "skipped_val": 0}) == "top1=37.5000"
+    assert metrics_text({"top1": 37.5, "skipped_val": 2}) == "top1=37.5000, skipped_val=2"
+
+
+def test_each_workload_shows_the_columns_of_its_paper_tables() -> None:
+    """The final line's columns (Workload.columns) are those results/paper/tables.yaml gives each table."""
+    from hydra.utils import get_class
+
+    tables = OmegaConf.load(CONFIG_DIR.parent / "results" / "paper" / "tables.yaml")
+    for name, table in tables.items():
+        row = next((row.experiment for row in table.rows if "experiment" in row), None)
+        if row is None:
+            continue
+        workload = get_class(compose_config([f"experiment={row}"], "unused").workload._target_)
+        assert set(table.metrics) <= set(workload.columns()), (name, workload.columns())
+    wmt14 = get_class(compose_config(["experiment=table7/novograd"], "unused").workload._target_)
+    assert wmt14.columns() == ("sacrebleu", "tokenized_bleu")  # not Table 7's 17 metrics
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

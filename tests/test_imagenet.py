@@ -90,7 +90,7 @@ def test_eval_transform_is_resize_then_center_crop_then_normalize(synthetic_root
 
 
 @pytest.mark.parametrize("layout", ["missing", "empty", "no_val", "empty_class_folders"])
-def test_missing_dataset_names_the_prepare_script(tmp_path, layout):
+def test_missing_dataset_names_the_make_target(tmp_path, layout):
     root = tmp_path / "imagenet"
     if layout != "missing":
         root.mkdir()
@@ -98,7 +98,7 @@ def test_missing_dataset_names_the_prepare_script(tmp_path, layout):
         (root / "train" / "n01440764").mkdir(parents=True)
     if layout == "empty_class_folders":
         (root / "val" / "n01440764").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="scripts/prepare_imagenet.sh") as error:
+    with pytest.raises(FileNotFoundError, match="make prepare-imagenet ARCHIVES=") as error:
         build_imagenet_datasets(root, num_classes=1)
     assert "train/<wnid>" in str(error.value)
 

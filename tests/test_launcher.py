@@ -146,12 +146,59 @@ def test_the_world_size_torchrun_is_asked_for_is_checked() -> None:
     assert check_training_command(["--nproc-per-node=2", "--nnodes=1:4", *SMOKE_ROW]) is None  # elastic: unknown
 
 
+def test_ranks_sharing_a_cpu_split_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS is set before torchrun, which would set 1 per rank with a 4-line warning."""
+    from novograd.engine.launcher import thread_defaults
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert thread_defaults(["--nproc-per-node=2", *SMOKE_ROW]) == {"OMP_NUM_THREADS": "4"}
+    assert thread_defaults(["--nproc-per-node=3", *SMOKE_ROW]) == {"OMP_NUM_THREADS": "2"}
+    assert thread_defaults(["--nproc-per-node=1", *SMOKE_ROW]) == {}  # torch uses every core
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert thread_defaults(["--nproc-per-node=2", *SMOKE_ROW]) == {"OMP_NUM_THREADS": "1"}
+
+
 def test_composition_errors_read_as_config_errors() -> None:
+    """A misspelt key gets the key meant on the first try (not Hydra's advice to append it with `+`), an unknown
+    row the closest rows; other composition errors keep Hydra's words."""
     from novograd.engine.launcher import check_training_command
 
-    problem = check_training_command([*SMOKE_ROW, "trainer.batchsize=8"])
+    problem = check_training_command([*SMOKE_ROW, "optimizer.learning_rate=0.01"])
     assert problem.startswith("Config error (nothing was started):")
-    assert "Could not override 'trainer.batchsize'" in problem and "+trainer.batchsize=8" in problem
+    assert "unknown key optimizer.learning_rate: did you mean optimizer.lr?" in problem and "To append" not in problem
+    problem = check_training_command(["-m", "novograd.train", "experiment=table1/novograd_50ep"])
+    assert "no such experiment; the closest: table1/novograd_" in problem and "`make help`" in problem
+    problem = check_training_command([*SMOKE_ROW, "optimizer=novogard"])
+    assert "Could not find 'optimizer/novogard'" in problem and "Available options in 'optimizer'" in problem
+
+
+def test_a_row_without_its_dataset_stops_before_any_worker_naming_the_make_target(tmp_path: Path) -> None:
+    empty, work = tmp_path / "imagenet", tmp_path / "cwd"
+    empty.mkdir()
+    work.mkdir()  # Hydra's run folder would go below the working directory
+    command = [sys.executable, "-m", "novograd.engine.launcher", "--nproc-per-node=1", "-m", "novograd.train",
+               "experiment=table1/novograd_100ep", f"data.root={empty}"]
+    result = subprocess.run(command, cwd=work, env=environment(tmp_path), capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert output.startswith("Dataset not found (nothing was started):"), output
+    assert output.count(f"make prepare-imagenet ARCHIVES=/path/to/archives IMAGENET_ROOT={empty}") == 1, output
+    assert "Traceback" not in output and "torchrun" not in output and list(work.iterdir()) == []  # no worker
+
+
+def test_make_answers_an_unknown_target_with_the_rows_of_its_table() -> None:
+    result = subprocess.run(["make", "-s", "--no-print-directory", "table1-novograd-50ep"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "make: no target 'table1-novograd-50ep'. Rows of table1: table1-adamw-100ep" in result.stderr, result.stderr
+    assert "table1-novograd-100ep" in result.stderr and "`make help` lists every" in result.stderr
+    assert "No rule to make target" not in result.stderr
+    # Real targets keep their recipes (the negative control), and make does not rebuild its Makefile.
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "table1-novograd-100ep", "ARGS=x=1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "-m novograd.train experiment=table1/novograd_100ep x=1" in dry.stdout, dry.stdout
+    assert "no target" not in dry.stdout + dry.stderr
 
 
 def test_launcher_slurm_without_its_extra_names_the_fix() -> None:

@@ -89,8 +89,8 @@ def test_wandb_offline_run_holds_config_and_summary(tmp_path: Path, monkeypatch:
         assert expected.encode() in log, expected
 
 
-def test_missing_dataset_names_the_prepare_script(tmp_path: Path) -> None:
+def test_missing_dataset_names_the_make_target(tmp_path: Path) -> None:
     overrides = ["experiment=table1/novograd_100ep", "model=resnet_v2_tiny", "trainer.device=cpu", "logger=none",
                  f"data.root={tmp_path / 'nowhere'}"]
-    with pytest.raises(Exception, match="prepare_imagenet.sh"):
+    with pytest.raises(Exception, match="make prepare-imagenet"):
         run(compose_config(overrides, tmp_path / "run"))

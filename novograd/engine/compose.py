@@ -12,12 +12,16 @@ cannot express (`settle_config`), then the checks that need no model and no data
 - `compose_config`: the config in-process (Hydra's compose API), for the launcher, tests, benchmarks and notebooks
   that call `novograd.engine.run(cfg)` directly. Hydra's `${hydra:...}` resolvers do not exist outside
   `@hydra.main`, so the caller names the output directory.
+- `describe_composition_error`: a command that does not compose, in the suite's words: a misspelt key with the key
+  meant (Hydra would advise adding it with `+`), an experiment that does not exist with the closest rows. The
+  launcher reports it for each job, `python -m novograd.train` before Hydra composes (`direct_command_problem`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,10 +29,14 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from novograd.engine.config_checks import ConfigError, check_config
+from novograd.engine.config_checks import (
+    ConfigError, check_config, composition_error_message, format_problems, unknown_experiment_problem,
+    unknown_key_problem)
 from novograd.engine.optimizer_swap import swap_optimizer
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: Set (to 1) by novograd.engine.launcher for its workers: it checked the command before starting them.
+LAUNCHER_CHECKED_ENV = "NOVOGRAD_LAUNCHER_CHECKED"
 
 log = logging.getLogger("novograd.config")
 
@@ -102,6 +110,63 @@ def compose_run_config(overrides: list[str]) -> tuple[DictConfig, list[str]]:
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg, notes
+
+
+def composition_problem(overrides: list[str]) -> str | None:
+    """Why `overrides` do not compose, in the suite's words (`describe_composition_error`), or None when they do:
+    what `python -m novograd.train` checks before Hydra composes, so that a typo gets its answer on the first try."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        _compose(overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        return describe_composition_error(error, overrides)
+    return None
+
+
+def direct_command_problem(script_args: list[str]) -> str | None:
+    """`composition_problem` of `python -m novograd.train <script_args>`, for its entry point to print before Hydra
+    composes (Hydra's own message for a misspelt key advises adding it with `+`). None for a sweep (`-m`: Hydra
+    composes its jobs one by one), for another primary config (`--config-name`, ...), and under
+    novograd.engine.launcher, which checked every job already."""
+    from hydra._internal.utils import get_args_parser
+
+    if os.environ.get(LAUNCHER_CHECKED_ENV) == "1":
+        return None
+    args = get_args_parser().parse_intermixed_args(script_args)
+    if args.multirun or args.config_name or args.config_path or args.config_dir or args.experimental_rerun:
+        return None
+    return composition_problem(list(args.overrides))
+
+
+def describe_composition_error(error: Exception, overrides: list[str]) -> str:
+    """Hydra's composition `error` of `overrides` as one message: an experiment that does not exist with the rows
+    closest to it, a key that does not exist with the closest key and the valid ones (where Hydra advises adding it
+    with `+`), anything else in Hydra's words."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    parsed = _parsed(overrides)
+    if isinstance(error, MissingConfigException):
+        for override in parsed:
+            name = override.value() if override.key_or_group.lstrip("/") == "experiment" else None
+            if isinstance(name, str) and not (CONFIG_DIR / "experiment" / f"{name}.yaml").is_file():
+                experiments = sorted(str(path.relative_to(CONFIG_DIR / "experiment").with_suffix(""))
+                                     for path in (CONFIG_DIR / "experiment").rglob("*.yaml"))
+                return format_problems([unknown_experiment_problem(name, experiments)])
+    unknown, failure = [], error
+    # Hydra stops at the first key it cannot override: compose without it until the rest composes, so that every
+    # unknown key of the command is named at once.
+    while not_overridden := re.match(r"Could not override '([^']+)'", str(failure)):
+        unknown.append(not_overridden.group(1))
+        try:
+            cfg = _compose([text for text, override in zip(overrides, parsed) if override.key_or_group not in unknown])
+        except (HydraException, OmegaConfBaseException) as next_failure:
+            failure = next_failure
+            continue
+        return format_problems([unknown_key_problem(cfg, key) for key in unknown])
+    return composition_error_message(failure)
 
 
 def compose_config(overrides: list[str], output_dir: str | Path | None = None) -> DictConfig:

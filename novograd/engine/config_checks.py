@@ -6,9 +6,10 @@ a `+key` nothing reads, ...), each with what to change. It applies the rules of 
 (the optimizer factory, the schedule, the precision, the batch accumulation) to stand-ins that cost nothing, so
 each rule is written once, where it is enforced. `novograd.engine.launcher` (what `make <row>` runs) checks
 every job of a command before starting torchrun's workers; `python -m novograd.train` checks again, for direct
-torchrun or python use. `composition_error_message` makes Hydra's own composition errors (a key that does not
-exist, a missing config group option) read the same way, and `missing_launcher_plugin` says what to install for
-`launcher=slurm`.
+torchrun or python use. `composition_error_message` makes Hydra's own composition errors (a missing config group
+option, ...) read the same way; `unknown_key_problem` and `unknown_experiment_problem` answer a misspelt key and a
+row that does not exist with the closest ones (novograd.engine.compose finds them); `missing_launcher_plugin` says
+what to install for `launcher=slurm`. `data_problems` says that a run's dataset is not there, for the launcher.
 """
 
 from __future__ import annotations
@@ -50,9 +51,62 @@ def check_config(cfg: DictConfig, world_size: int | None = None, added_keys: Ite
         raise ConfigError(format_problems(problems))
 
 
-def format_problems(problems: list[str]) -> str:
+def format_problems(problems: list[str], kind: str = "Config error") -> str:
     lines = "\n".join(f"  - {problem}" for problem in problems)
-    return f"Config error (nothing was started):\n{lines}"
+    return f"{kind} (nothing was started):\n{lines}"
+
+
+def data_problems(cfg: DictConfig) -> list[str]:
+    """Why the dataset `cfg` trains on is not there: the workload's `check_data` (the data module's own check, whose
+    message names the make target that prepares it). Not part of `config_errors`, which needs no data (a row's
+    config is checked on machines without its dataset); the launcher adds it before it starts any worker."""
+    from hydra.utils import get_class
+
+    try:
+        get_class(cfg.workload._target_).check_data(_plain(cfg.data))
+    except (OSError, ValueError) as error:
+        return [str(error)]
+    return []
+
+
+def unknown_key_problem(cfg: DictConfig, key: str) -> str:
+    """What to write instead of `key=value`, a key that `cfg` (composed without it) does not have: the closest key
+    and the keys there are, where Hydra would advise adding it with `+`."""
+    parts = key.split(".")
+    node: Any = cfg
+    for depth, part in enumerate(parts):
+        parent = ".".join(parts[:depth])
+        if not isinstance(node, DictConfig):
+            return f"{key}: {parent} is a value, not a section with keys; `--cfg job` prints the config."
+        if part not in node:
+            valid = sorted(str(name) for name in node.keys() if parent or name != "hydra")
+            close = _closest_key(part, valid)
+            hint = f"did you mean {'.'.join([*parts[:depth], close, *parts[depth + 1:]])}? " if close else ""
+            return (f"unknown key {key}: {hint}valid keys{f' of {parent}' if parent else ''} are {valid} (a key "
+                    "that configs/ does not set is added with +key=value, where something reads it).")
+        node = OmegaConf.select(cfg, ".".join(parts[: depth + 1]), throw_on_resolution_failure=False)
+    return f"{key}: Hydra could not override it; `--cfg job` prints the config."
+
+
+def _closest_key(typed: str, valid: list[str]) -> str | None:
+    """The key of `valid` that `typed` most likely meant: the closest spelling, else the one that abbreviates it
+    or that it abbreviates by initials (learning_rate and lr, weight_decay and wd)."""
+    close = difflib.get_close_matches(typed, valid, n=1)
+    if close:
+        return close[0]
+
+    def initials(name: str) -> str:
+        return "".join(word[:1] for word in name.split("_"))
+
+    return next((name for name in valid if name == initials(typed) or initials(name) == typed), None)
+
+
+def unknown_experiment_problem(name: str, experiments: list[str]) -> str:
+    """For `experiment=<name>`, which no config file defines: the closest of `experiments` and where to see them
+    all."""
+    close = difflib.get_close_matches(name, experiments, n=3, cutoff=0.5)
+    hint = f"the closest: {', '.join(close)}. " if close else ""
+    return f"experiment={name}: no such experiment; {hint}`make help` lists every paper row (configs/experiment/)."
 
 
 def composition_error_message(error: Exception) -> str:

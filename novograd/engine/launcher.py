@@ -22,9 +22,11 @@ worker's own status, where torchrun's agent would restart every failure alike.
 
 Before torchrun starts any worker, a `-m novograd.train` command is checked (`check_training_command`): every job
 of it (each combination of a `-m` sweep) is composed with Hydra's compose API, settled as the workers will settle
-it, and checked (novograd/engine/config_checks.py) for the world size torchrun is asked for. A config error is
-printed once, without a traceback, and the launcher exits 2: seconds, instead of every rank failing after
-building its model and datasets. Hydra's flags after the overrides (`make <row> ARGS="-m optimizer.lr=0.01,0.02"`
+it, and checked (novograd/engine/config_checks.py) for the world size torchrun is asked for, and its dataset must
+be there (the workload's own check, whose message names the make target that prepares it). A config error or a
+missing dataset is printed once, without a traceback, and the launcher exits 2: seconds, instead of every rank
+failing after building its model and datasets. Several ranks on a node get an OMP_NUM_THREADS that splits its
+cores (`thread_defaults`). Hydra's flags after the overrides (`make <row> ARGS="-m optimizer.lr=0.01,0.02"`
 puts `-m` after `experiment=<row>`, which Hydra's parser refuses) are moved before them.
 """
 
@@ -40,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from novograd.engine.compose import LAUNCHER_CHECKED_ENV
 from novograd.engine.exit_codes import NOT_RESTARTED
 from novograd.engine.preemption import OUTCOME_FILE_ENV, PREEMPTION_SIGNALS
 
@@ -54,7 +57,23 @@ DEFAULT_MAX_RESTARTS = 3
 DEFAULTS = {
     "PET_SIGNALS_TO_HANDLE": ",".join(["SIGINT", "SIGHUP", "SIGQUIT", *(sig.name for sig in PREEMPTION_SIGNALS)]),
     "PET_SHUTDOWN_TIMEOUT": "600",
+    LAUNCHER_CHECKED_ENV: "1",  # the workers need not compose the command once more before Hydra does
 }
+
+
+def thread_defaults(argv: list[str]) -> dict[str, str]:
+    """OMP_NUM_THREADS for workers that share a node (unless set): its cores split between the ranks when they
+    compute on the CPU, 1 per rank when GPUs are there to compute. Unset, torchrun sets 1 for every rank with a
+    4-line warning, which on the CPU leaves all but one core per rank idle; a GPU rank's own threads only feed the
+    GPU. One rank per node needs nothing: torch uses every core."""
+    import torch
+    from torch.distributed.run import determine_local_world_size, get_args_parser
+
+    nproc = determine_local_world_size(get_args_parser().parse_args(argv).nproc_per_node)
+    if nproc <= 1:
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"OMP_NUM_THREADS": str(1 if torch.cuda.is_available() else max(1, cores // nproc))}
 
 
 def exit_status(received: signal.Signals, outcome_file: Path) -> int:
@@ -138,9 +157,9 @@ def check_training_command(argv: list[str]) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from novograd.engine.compose import added_keys, compose_run_config
-    from novograd.engine.config_checks import (
-        composition_error_message, config_errors, format_problems, missing_launcher_plugin)
+    from novograd.engine.compose import added_keys, compose_run_config, describe_composition_error
+    from novograd.engine.config_checks import config_errors, data_problems, format_problems, missing_launcher_plugin
+    from novograd.engine.lazy_dynamo import dynamo_import_skipped
 
     split = _training_args(argv)
     jobs = job_overrides(split[1]) if split else None
@@ -154,10 +173,13 @@ def check_training_command(argv: list[str]) -> str | None:
         try:
             cfg, _ = compose_run_config(overrides)
         except (HydraException, OmegaConfBaseException) as error:
-            return which + composition_error_message(error)
-        problems = config_errors(cfg, world_size, added_keys(overrides))
+            return which + describe_composition_error(error, overrides)
+        with dynamo_import_skipped():  # the checks' stand-in optimizers compile nothing
+            problems = config_errors(cfg, world_size, added_keys(overrides))
         if problems:
             return which + format_problems(problems)
+        if problems := data_problems(cfg):
+            return which + format_problems(problems, "Dataset not found")
     return None
 
 
@@ -229,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(problem, file=sys.stderr, flush=True)
         return 2
-    for name, value in DEFAULTS.items():
+    for name, value in (DEFAULTS | thread_defaults(argv)).items():
         os.environ.setdefault(name, value)
     argv, max_restarts = without_max_restarts(argv)
     return run_with_restarts(torchrun, ["--max-restarts=0", *argv], max_restarts)

@@ -145,14 +145,25 @@ class TrainingStatus:
 
 
 _BOOKKEEPING = ("steps", "epochs", "wall_time_s", "world_size", "output_dir", "preempted", "stop_reason")
+#: Counts of examples that stood in for unreadable files (`skipped_train`, `skipped_<set>`): shown when not zero.
+_COUNT_PREFIX = "skipped_"
 
 
-def summary_line(summary: dict[str, Any], total_steps: int | None = None) -> str:
-    """The one line that ends a run: how it ended, its final metrics, wall time and output directory."""
-    metrics = ", ".join(
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """`top1=37.5000, top5=100.0000` for the console, zero counts of skipped files left out (metrics.jsonl and
+    summary.json keep them)."""
+    return ", ".join(
         f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in summary.items() if key not in _BOOKKEEPING and not (key.startswith("skipped") and not value)
-    ) or "no evaluation"
+        for key, value in metrics.items() if not (key.startswith(_COUNT_PREFIX) and value == 0)
+    )
+
+
+def summary_line(summary: dict[str, Any], total_steps: int | None = None, columns: tuple[str, ...] = ()) -> str:
+    """The one line that ends a run: how it ended, its final metrics (the paper's `columns` and any count of
+    skipped files, when `columns` are given; `summary.json` holds them all), wall time and output directory."""
+    shown = {key: value for key, value in summary.items() if key not in _BOOKKEEPING
+             and (not columns or key in columns or key.startswith(_COUNT_PREFIX))}
+    metrics = metrics_text(shown) or "no evaluation"
     steps = f"{summary['steps']}/{total_steps}" if total_steps else str(summary["steps"])
     ended = f"Stopped ({summary['stop_reason']}) at step {steps}" if summary.get("preempted") else f"Finished {steps} steps"
     return f"{ended}: {metrics} | wall time {_duration(summary['wall_time_s'])} | output {summary['output_dir']}"
@@ -227,6 +238,9 @@ class RunLogger:
             id=run_id or uuid.uuid4().hex[:8],  # chosen here so the checkpoint can store it
             resume="allow",
             mode=mode,
+            # Offline, W&B prints nothing of its own (its summary panel alone was 32 lines of a smoke run): `close`
+            # says where the run is and how to upload it. Online it keeps the lines that link the run's page.
+            settings=wandb.Settings(silent=True) if mode == "offline" else wandb.Settings(quiet=True),
         )
         run.define_metric(STEP_METRIC)
         run.define_metric("*", step_metric=STEP_METRIC)

@@ -27,7 +27,7 @@ from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
 from novograd.engine.exit_codes import EXIT_INTERRUPTED
-from novograd.engine.logger import RunLogger, TrainingStatus, summary_line
+from novograd.engine.logger import RunLogger, TrainingStatus, metrics_text, summary_line
 from novograd.engine.nonfinite import (
     BufferSnapshot, Diverged, NonFinitePolicy, Rewind, SkipCounter, any_nonfinite, state_tensors)
 from novograd.engine.output_dir import ensure_writable_output_dir
@@ -80,11 +80,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                       diverged_message(finished))
             return finished
         if finished is not None:
+            from hydra.utils import get_class
+
             log.info(
                 "This run already finished: %s. Nothing to train. To train the same settings again, add seed=<n> "
                 "or run_name=<name>, or give another trainer.output_dir.", output_dir / SUMMARY_FILE,
             )
-            log.info(summary_line(finished))
+            log.info(summary_line(finished, columns=get_class(cfg.workload._target_).columns()))
             return finished
         trainer = Trainer(cfg, context, output_dir)
         try:
@@ -407,7 +409,7 @@ class Trainer:
         self.logger.log(progress.step, {f"eval/{k}": v for k, v in metrics.items()} | {"epoch": self._epoch_float(),
                                                                                        "train/elapsed_s": train_s})
         progress.paused_s += time.perf_counter() - started
-        log.info("step %d eval: %s", progress.step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        log.info("step %d eval: %s", progress.step, metrics_text(metrics))
         return improved
 
     def _epoch_float(self) -> float:
@@ -483,7 +485,7 @@ class Trainer:
         if stop_reason and self.context.is_main:
             log.warning(resume_instructions(stop_reason, self.progress.step, self.total_steps,
                                             self.checkpoints.last_path))
-        log.info(summary_line(summary, self.total_steps))
+        log.info(summary_line(summary, self.total_steps, self.workload.columns()))
         return summary
 
     def _train(self, preemption: PreemptionFlag) -> str:

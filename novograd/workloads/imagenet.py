@@ -48,6 +48,13 @@ class ImageNetWorkload(Workload):
         # The classifier's width comes from the data config alone, so model configs work on any class count.
         return instantiate(self.model_cfg, num_classes=self.data_cfg["num_classes"])
 
+    @classmethod
+    def check_data(cls, data: Mapping[str, Any]) -> None:
+        if not data.get("synthetic"):
+            from data.imagenet import check_layout
+
+            check_layout(data["root"])
+
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
         from data.imagenet import build_imagenet_datasets
 

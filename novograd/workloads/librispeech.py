@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from data.librispeech import BLANK, NUM_OUTPUTS, build_librispeech_datasets, decode, word_error_counts
+from data.librispeech import (BLANK, NUM_OUTPUTS, build_librispeech_datasets, check_prepared, decode,
+                             word_error_counts)
 from data.librispeech import collate as collate_utterances
 from novograd.engine.plans import BatchPlan, CountPlan
 from novograd.workload import Workload
@@ -61,6 +62,11 @@ class LibriSpeechWorkload(Workload):
         from hydra.utils import instantiate
 
         return instantiate(self.model_cfg, in_features=self.data_cfg["features"]["num_mels"], num_classes=NUM_OUTPUTS)
+
+    @classmethod
+    def check_data(cls, data: Mapping[str, Any]) -> None:
+        if not data.get("synthetic"):
+            check_prepared(data["root"], [*data["train_manifests"], *data["eval_manifests"].values()])
 
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
         data = self.data_cfg

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from data.wikitext103 import load_corpus, roll_offsets, streams
+from data.wikitext103 import load_corpus, read_metadata, roll_offsets, streams
 from novograd.engine.plans import BatchPlan, StreamPlan
 from novograd.workload import Workload
 
@@ -156,6 +156,11 @@ class WikiText103Workload(Workload):
         from hydra.utils import instantiate
 
         return instantiate(self.model_cfg, vocab_size=self.data_cfg["vocab_size"])
+
+    @classmethod
+    def check_data(cls, data: Mapping[str, Any]) -> None:
+        if not data.get("synthetic"):
+            read_metadata(data["root"])
 
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
         data = self.data_cfg

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from data.wmt14 import BOS_ID, EOS_ID, PAD_ID, build_wmt14_datasets
+from data.wmt14 import BOS_ID, EOS_ID, PAD_ID, build_wmt14_datasets, read_meta
 from data.wmt14 import collate as collate_pairs
 from models.beam_search import beam_search
 from models.transformer import label_smoothed_nll_loss
@@ -75,6 +75,7 @@ class WMT14Workload(Workload):
     metric_goals = {"valid_bleu": "max", "valid_loss": "min", "sacrebleu": "max", "tokenized_bleu": "max",
                     "sacrebleu_full": "max", "tokenized_bleu_full": "max"}
     primary_metric = "valid_bleu"
+    paper_columns = ("sacrebleu", "tokenized_bleu")  # Table 7: newstest2014 as the authors scored it
     batch_is_a_count = False  # trainer.batch_size is a token budget per step (TokenBudgetPlan)
     count_unit = "target tokens"
 
@@ -101,6 +102,11 @@ class WMT14Workload(Workload):
 
         return instantiate(self.model_cfg, vocab_size=self.data_cfg["vocab_size"], pad_id=PAD_ID, bos_id=BOS_ID,
                            eos_id=EOS_ID)
+
+    @classmethod
+    def check_data(cls, data: Mapping[str, Any]) -> None:
+        if not data.get("synthetic"):
+            read_meta(data["root"])
 
     def build_datasets(self) -> tuple[Dataset, dict[str, Dataset]]:
         data = self.data_cfg
