@@ -43,6 +43,8 @@ def test_a_good_config_has_no_errors() -> None:  # the negative control of every
     ("+model.widht=2", "+model.widht: models.resnet_v2.PreActResNet takes no argument 'widht': did you mean "
                        "model.widths?"),
     ("trainer.precision=fp8", "trainer.precision must be one of ['bf16', 'fp16', 'fp32'], got 'fp8'"),
+    ("trainer.nonfinite=ignore", "trainer.nonfinite must be one of skip, stop, rewind, got 'ignore'"),
+    ("trainer.max_consecutive_skips=0", "trainer.max_consecutive_skips must be >= 1"),
 ])
 def test_each_config_error_says_what_to_change(override: str, message: str) -> None:
     (error,) = errors(override)

@@ -62,6 +62,10 @@ class RecordingWandb(types.ModuleType):
     def teardown(self):
         pass
 
+    @staticmethod
+    def Settings(**settings):  # noqa: N802 (wandb's name)
+        return settings
+
 
 def _matches(value, condition):
     if isinstance(condition, dict):

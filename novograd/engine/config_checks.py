@@ -39,7 +39,7 @@ def config_errors(cfg: DictConfig, world_size: int | None = None, added_keys: It
     """Every problem of the composed `cfg` for a job of `world_size` processes (None: not known yet, so the split
     over ranks is not checked); `added_keys` are the keys the command line added with `+key=value`."""
     problems = [*_optimizer_problems(cfg), *_batch_problems(cfg, world_size), *_length_problems(cfg)]
-    problems += _schedule_problems(cfg) + _precision_problems(cfg)
+    problems += _schedule_problems(cfg) + _precision_problems(cfg) + _nonfinite_problems(cfg)
     problems += [problem for key in added_keys if (problem := _added_key_problem(cfg, key))]
     return problems
 
@@ -221,6 +221,17 @@ def _precision_problems(cfg: DictConfig) -> list[str]:
 
     try:
         Precision(cfg.trainer.precision, torch.device("cpu"))
+    except ValueError as error:
+        return [str(error)]
+    return []
+
+
+def _nonfinite_problems(cfg: DictConfig) -> list[str]:
+    from novograd.engine.nonfinite import NonFinitePolicy
+
+    trainer = cfg.trainer
+    try:
+        NonFinitePolicy(trainer.nonfinite, trainer.max_consecutive_skips, trainer.max_rewinds, trainer.min_loss_scale)
     except ValueError as error:
         return [str(error)]
     return []
