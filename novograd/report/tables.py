@@ -35,7 +35,7 @@ from novograd.report.figures import write_figures
 from novograd.report.rows import Line, RowRuns, sort_runs, table_lines
 from novograd.report.sources import Run, local_runs, wandb_api, wandb_runs
 from novograd.report.profiles import write_profiles
-from novograd.report.targets import render_times
+from novograd.report.targets import render_times, time_lines
 from novograd.report.to_wandb import log_comparison
 from novograd.report.tuning import render_tuning
 
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{(args.out / f'{name}.md').read_text()}")
     verdicts = write_claims(claims, tables, rows, args.out)
     profiles, profile_figure = write_profiles(tables, rows, claims["goals"], args.figures)
-    times = f"{render_times(tables, rows, claims['goals'])}\n{profiles}"
+    times_to_target = time_lines(tables, rows, claims["goals"])
+    times = f"{render_times(tables, times_to_target)}\n{profiles}"
     (args.out / "time_to_target.md").write_text(times)
     print(f"\n{times}")
     tuning = render_tuning(tables, rows)
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Claims: {summary_line(verdicts)} {args.out / 'claims.md'}")
     figures = write_figures(tables, rows, args.figures) + ([profile_figure] if profile_figure else [])
     if args.to == "wandb":
-        log_comparison(tables, lines, figures, args.dln, args.entity, args.project, args.out.parent)
+        log_comparison(tables, lines, verdicts, times_to_target, figures, args.dln, args.entity, args.project,
+                       args.out.parent)
 
 
 if __name__ == "__main__":
