@@ -17,7 +17,7 @@ EXPERIMENTS := $(sort $(patsubst configs/experiment/%.yaml,%,$(wildcard configs/
 target_name = $(subst _,-,$(subst /,-,$(1)))
 EXPERIMENT_TARGETS := $(foreach e,$(EXPERIMENTS),$(call target_name,$(e)))
 
-.PHONY: help install demo dln test test-all tables prepare-imagenet prepare-librispeech prepare-wikitext103 prepare-wmt14 bench-optimizer memory bench-speech-data bench-engine $(EXPERIMENT_TARGETS)
+.PHONY: help install demo dln test test-all tables tune prepare-imagenet prepare-librispeech prepare-wikitext103 prepare-wmt14 bench-optimizer memory bench-speech-data bench-engine $(EXPERIMENT_TARGETS)
 
 help: ## List every target
 	@echo "Usage: make <target> [NPROC=N] [NNODES=N] [ARGS=\"key=value ...\"]"
@@ -47,6 +47,11 @@ test-all: install ## Every test, slow and GPU ones included
 
 tables: ## The paper's tables with your runs (results/runs/) beside them, in results/tables/
 	$(PYTHON) -m novograd.report.tables $(ARGS)
+
+# @: with ARGS=--dry-run the output is the trials' commands alone, one per line (for a SLURM array).
+tune: ## Equal tuning budgets: TRIALS (5) quasi-random points of each row's search space, SEED (0), one run per GPU
+	@test -n "$(ROWS)" || { echo "usage: make tune ROWS=\"table1-sgd-100ep table1-adamw-100ep ...\" [TRIALS=5] [SEED=0] [ARGS=\"--dry-run --gpus-per-trial 8 key=value ...\"]"; exit 2; }
+	@$(PYTHON) -m novograd.tuning $(ROWS) --trials $(or $(TRIALS),5) --seed $(or $(SEED),0) $(ARGS)
 
 prepare-imagenet: ## ImageNet train/ and val/ folders from the ILSVRC2012 archives in ARCHIVES=DIR, into IMAGENET_ROOT
 	@test -n "$(ARCHIVES)" -a -n "$(IMAGENET_ROOT)" || { echo "usage: make prepare-imagenet ARCHIVES=/path/to/archives IMAGENET_ROOT=/data/imagenet [ARGS=\"--jobs 16 ...\"]"; exit 2; }

@@ -17,7 +17,7 @@ from novograd.report.figures import draw_figure
 from novograd.report.sources import local_runs, wandb_runs
 from novograd.report.rows import sort_runs
 from novograd.report.tables import load_paper_tables, main, paper_experiments
-from novograd.report.to_wandb import COMPARISON_RUN_ID, table_columns
+from novograd.report.to_wandb import CLAIM_COLUMNS, COMPARISON_RUN_ID, TIME_COLUMNS, table_columns
 
 TABLES = load_paper_tables()
 GOALS = {"wer_dev_clean": "min", "wer_dev_other": "min", "wer_test_clean": "min", "wer_test_other": "min"}
@@ -254,6 +254,19 @@ def test_to_wandb_logs_tables_figures_and_the_dln_study_to_one_offline_run(tmp_p
     assert logged["data"][1][:7] == ["batch 4K, lr 0.03, warmup 0.05, wd 0.001", "table5/novograd_b4k", "", 1,
                                      3.66, 4.2, None]
     assert len(list((media / "table" / "tables").glob("table*.table.json"))) == 7
+    # The claims and the times to target, as claims.md and time_to_target.md say them.
+    (claims,) = (media / "table" / "tables").glob("claims_*.table.json")
+    claims = json.loads(claims.read_text())
+    assert claims["columns"] == CLAIM_COLUMNS and len(claims["data"]) == 16
+    t5 = {row[0]: row for row in claims["data"]}["t5-16k-comparable"]
+    assert t5[3:6] == ["not enough runs", "holds", False]
+    assert "batch 512, lr 0.015, wd 0.001: no runs" in t5[6]
+    (times,) = (media / "table" / "tables").glob("time_to_target_*.table.json")
+    times = json.loads(times.read_text())
+    assert times["columns"] == TIME_COLUMNS
+    # dev-clean WER 4.2 + 80/epoch over 3 epochs of 10 steps never reaches Table 5's target of 4.01: a miss
+    assert times["data"] == [["table5", "dev-clean ≤ 4.01", "batch 4K, lr 0.03, warmup 0.05, wd 0.001",
+                              "table5/novograd_b4k", 1, 0, None, None]]
     assert [p.name.split("_")[0] for p in (media / "images" / "figures").iterdir()] == ["figure3"]
     assert len(list((media / "images" / "dln").glob("baseline_*.png"))) == 1
     (verdicts,) = (media / "table" / "dln").glob("verdicts_*.table.json")

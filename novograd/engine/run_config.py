@@ -57,6 +57,7 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "data.root": "where the dataset lives",
     "data.synthetic.cache_dir": "where the synthetic dataset is written",
     "logger": "where metrics are reported (W&B project, tags, mode, ...)",
+    "tuning": "which tuning budget the run is a trial of (make tune): the trial's point is in its own keys",
 }
 
 

@@ -1,7 +1,8 @@
 """The runs of each paper row and the lines of each paper table: what the Markdown tables (`tables.py`), the
 figures (`figures.py`) and the W&B comparison (`to_wandb.py`) are drawn from.
 
-`sort_runs` files each finished run under its row, as a reproduction or as a variant (`matching.py` decides);
+`sort_runs` files each finished run under its row, as a reproduction or as a variant (`matching.py` decides), or as
+a trial of a tuning budget (`make tune`: its config's `tuning.seed` is set), reported apart (`tuning.py`);
 `table_lines` turns a paper table and those runs into its lines: the paper's rows with the statistics of their
 reproducing runs, then the variants. A diverged run is in no statistic: its line names the step it diverged at.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from novograd.report.matching import row_config, row_differences
@@ -19,10 +20,12 @@ from novograd.report.sources import Run
 
 @dataclass
 class RowRuns:
-    """The runs of one experiment: those that reproduce the row, and the variants by what differs."""
+    """The runs of one experiment: those that reproduce the row, the variants by what differs, and the trials of
+    tuning budgets (in no mean and no variant: a trial's point is chosen by the draw, not by the row)."""
 
     reproducing: list[Run]
     variants: dict[tuple[str, ...], list[Run]]
+    trials: list[Run] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,20 @@ def sort_runs(runs: list[Run]) -> dict[str, RowRuns]:
         if reference is None:
             continue
         row = by_experiment.setdefault(run.experiment, RowRuns([], defaultdict(list)))
+        if is_trial(run):
+            row.trials.append(run)
+            continue
         differences = tuple(str(d) for d in row_differences(run.config, reference))
         if differences:
             row.variants[differences].append(run)
         else:
             row.reproducing.append(run)
     return by_experiment
+
+
+def is_trial(run: Run) -> bool:
+    """Whether the run is a trial of a tuning budget (`make tune` set its `tuning.seed`)."""
+    return (run.config.get("tuning") or {}).get("seed") is not None
 
 
 def diverged_steps(runs: list[Run]) -> tuple[int, ...]:

@@ -12,7 +12,9 @@ the row's other runs are listed below the table as variants, grouped by what dif
 mean. From the same runs: the paper's claims judged into `results/tables/claims.md` (`novograd/report/claims.py`),
 each row's steps and training time to its table's target into `results/tables/time_to_target.md`
 (`novograd/report/targets.py`) with the optimizers' performance profiles (`novograd/report/profiles.py`, figure in
-`results/figures/`), and Figures 3 and 4 drawn from the runs' histories (`novograd/report/figures.py`). The
+`results/figures/`), the best trial of each tuning budget (`make tune`) beside the row it tunes, into
+`results/tables/tuning.md` (`novograd/report/tuning.py`), and Figures 3 and 4 drawn from the runs' histories
+(`novograd/report/figures.py`). The
 tables and the claims' summary line are printed too. `--debug` compares the debug runs (`debug=smoke`, ...)
 instead, each as a run of its row's debug twin: the same tables and claims, a look at the machinery, never at the
 paper's numbers. `--to wandb` also logs every table and figure to one run of the
@@ -33,8 +35,9 @@ from novograd.report.figures import write_figures
 from novograd.report.rows import Line, RowRuns, sort_runs, table_lines
 from novograd.report.sources import Run, local_runs, wandb_api, wandb_runs
 from novograd.report.profiles import write_profiles
-from novograd.report.targets import render_times
+from novograd.report.targets import render_times, time_lines
 from novograd.report.to_wandb import log_comparison
+from novograd.report.tuning import render_tuning
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_TABLES = REPO / "results" / "paper" / "tables.yaml"
@@ -113,12 +116,14 @@ def census(where: str, runs: list[Run], rows: dict[str, RowRuns], set_aside: Cou
     """What the tables hold of the runs found: how many reproduce a row, are variants, or were set aside and why."""
     reproducing = sum(len(row.reproducing) for row in rows.values())
     variants = sum(len(group) for row in rows.values() for group in row.variants.values())
-    no_row = len(runs) - reproducing - variants
+    trials = sum(len(row.trials) for row in rows.values())
+    no_row = len(runs) - reproducing - variants - trials
     if no_row:
         set_aside = set_aside + Counter({NO_ROW: no_row})
-    if reproducing + variants:
-        found = (f"{reproducing + variants} finished runs of paper rows in {where}: {reproducing} reproduce their "
-                 f"row, {variants} are variants (listed under their table, never in a row's mean).")
+    if reproducing + variants + trials:
+        found = (f"{reproducing + variants + trials} finished runs of paper rows in {where}: {reproducing} "
+                 f"reproduce their row, {variants} are variants (listed under their table, never in a row's mean)"
+                 + (f", {trials} are tuning trials (tuning.md)." if trials else "."))
     else:
         found = f"No finished runs of paper rows in {where}: the tables hold the paper's values only."
     if not set_aside:
@@ -164,13 +169,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{(args.out / f'{name}.md').read_text()}")
     verdicts = write_claims(claims, tables, rows, args.out)
     profiles, profile_figure = write_profiles(tables, rows, claims["goals"], args.figures)
-    times = f"{render_times(tables, rows, claims['goals'])}\n{profiles}"
+    times_to_target = time_lines(tables, rows, claims["goals"])
+    times = f"{render_times(tables, times_to_target)}\n{profiles}"
     (args.out / "time_to_target.md").write_text(times)
     print(f"\n{times}")
+    tuning = render_tuning(tables, rows)
+    if tuning:
+        (args.out / "tuning.md").write_text(tuning)
+        print(tuning)
     print(f"Claims: {summary_line(verdicts)} {args.out / 'claims.md'}")
     figures = write_figures(tables, rows, args.figures) + ([profile_figure] if profile_figure else [])
     if args.to == "wandb":
-        log_comparison(tables, lines, figures, args.dln, args.entity, args.project, args.out.parent)
+        log_comparison(tables, lines, verdicts, times_to_target, figures, args.dln, args.entity, args.project,
+                       args.out.parent)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,31 @@ def _duration(seconds: float | None) -> str:
     return "missed" if math.isinf(seconds) else str(timedelta(seconds=round(seconds)))
 
 
-def render_times(tables: dict[str, Any], rows: dict[str, RowRuns], goals: dict[str, str]) -> str:
+@dataclass(frozen=True)
+class TimeLine:
+    """A row with runs and their time to its table's target: a line of `time_to_target.md` and of its W&B table."""
+
+    table: str
+    target: Target
+    label: str
+    experiment: str
+    times: RowTimes
+
+
+def time_lines(tables: dict[str, Any], rows: dict[str, RowRuns], goals: dict[str, str]) -> list[TimeLine]:
+    """Per table with a target, each row with reproducing runs and their time to the target."""
+    lines = []
+    for name, table in tables.items():
+        target = table_target(table, goals)
+        for row in table["rows"]:
+            row_runs = rows.get(row.get("experiment"))
+            if target is not None and row_runs and row_runs.reproducing:
+                lines.append(TimeLine(name, target, row["label"], row["experiment"],
+                                      row_times(row_runs.reproducing, target)))
+    return lines
+
+
+def render_times(tables: dict[str, Any], lines: list[TimeLine]) -> str:
     """`time_to_target.md`: per table its target and, per row with runs, the runs that reached it and the median
     steps and training time to it."""
     out = ["# Time to target", "",
@@ -101,19 +125,15 @@ def render_times(tables: dict[str, Any], rows: dict[str, RowRuns], goals: dict[s
            "over its runs of the optimizer steps and the training time (evaluation and checkpoints left out) to "
            "the first evaluation that reached it; a run that never did counts as infinite (missed)."]
     for name, table in tables.items():
-        target = table_target(table, goals)
-        lines = []
-        for row in table["rows"]:
-            row_runs = rows.get(row.get("experiment"))
-            if target is None or not row_runs or not row_runs.reproducing:
-                continue
-            times = row_times(row_runs.reproducing, target)
+        table_lines = [line for line in lines if line.table == name]
+        if table_lines:
+            out += ["", f"### {table['title'].split(':')[0]}: {table_lines[0].target}", "",
+                    "| row | reached | steps (median) | training time (median) |", "|---|---|---|---|"]
+        for line in table_lines:
+            times = line.times
             steps = "missed" if math.isinf(times.steps) else f"{times.steps:g}"
-            lines.append(f"| {row['label']} (`{row['experiment']}`) | {times.reached} of {times.runs} | {steps} | "
-                         f"{_duration(times.seconds)} |")
-        if lines:
-            out += ["", f"### {table['title'].split(':')[0]}: {target}", "",
-                    "| row | reached | steps (median) | training time (median) |", "|---|---|---|---|", *lines]
-    if len(out) == 3:
+            out.append(f"| {line.label} (`{line.experiment}`) | {times.reached} of {times.runs} | {steps} | "
+                       f"{_duration(times.seconds)} |")
+    if not lines:
         out += ["", "No run of a paper row yet."]
     return "\n".join(out) + "\n"
