@@ -1,5 +1,6 @@
 """The memory claim, measured: optimizer state after one step of SGD-momentum, Adam, AdamW and NovoGrad on the
-paper's four models at full size, and what a training step as a whole holds.
+paper's four models at full size, what a training step as a whole holds, what each GPU holds of it under FSDP2
+for N ranks, and the largest Transformer whose training state fits a GPU with AdamW and with NovoGrad.
 
 Each model is built from its config (configs/model/*.yaml, composed by Hydra as training composes it) on the meta
 device, where tensors have shapes and dtypes but no data, so 332.6M parameters cost nothing. Each optimizer is
@@ -10,22 +11,40 @@ device torch.optim takes its single-tensor path; every path allocates the same s
 same measurement on real fp32 tensors (about 5.3 GB for Jasper with Adam).
 
 "Whole step" = parameters + gradients + optimizer state, all measured from tensors; activations are not in it.
+
+FSDP2 (`fully_shard`, the default Shard(0) placement) gives each rank `torch.chunk(param, N, dim=0)[rank]` (an
+empty shard past the last chunk) and allocates every rank's parameter and gradient shard at the size of the first
+chunk (the padding that makes the all-gather and reduce-scatter even); the optimizer state is allocated like the
+unpadded local shard (`zeros_like` of the DTensor), and a per-tensor scalar (NovoGrad's second moment, Adam's step)
+is a plain tensor on every rank. So rank 0, whose chunks are the largest, holds the most: its shards are cut from
+the meta model with `torch.chunk`, put in the model in place of the parameters, and the optimizers step on them as
+above (tests/test_memory.py checks this accounting against the local shards of `fully_shard` parameters and of
+the optimizers' state on 2 gloo ranks). The largest Transformer is Transformer-big's layout (d_model 1024, d_ff
+4096, 16 heads, vocabulary 8192) with L encoder and L decoder layers: rank 0's bytes are measured at the paper's
+L = 6 and at L = 7; each further layer pair adds exactly the difference (every parameter is sharded on its own),
+and L grows until parameters + gradients + state no longer fit the GPU memory given.
 With `--device cuda` the script also runs two real training steps per model and optimizer at the paper's
 per-GPU micro-batch, in bf16 autocast as the experiments, and records `torch.cuda.max_memory_allocated()` of the
 second one (the first allocates the state; the second is the steady state). That path has not been run yet.
 
-    python scripts/memory.py [--device cpu|cuda] [--state-device meta|cpu] [--output results/memory]
+    python scripts/memory.py [--device cpu|cuda] [--state-device meta|cpu] [--ranks 8 64 512]
+                             [--gpu-memory 80e9 141e9] [--output results/memory]
 
-Writes <output>.json (per model: params, tensors, param_bytes, grad_bytes, state_bytes and step_counter_bytes per
-optimizer, and peak_step_bytes with CUDA) and <output>.md; the default output is results/memory
-(results/memory_cuda with --device cuda).
+Writes <output>.json ("models": per model params, tensors, param_bytes, grad_bytes, state_bytes and
+step_counter_bytes per optimizer, "fsdp2" per number of ranks the same bytes on rank 0, and peak_step_bytes with
+CUDA; "largest_transformer": per GPU memory and number of ranks, the layers and parameters of the largest model
+with AdamW and with NovoGrad) and <output>.md; the default output is results/memory (results/memory_cuda with
+--device cuda).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import gc
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -45,6 +64,10 @@ from novograd.optim.factory import build_optimizer  # noqa: E402
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "novograd")
 REFERENCE = "adam"
+RANKS = (8, 64, 512)
+GPU_MEMORY = (80e9, 141e9)  # bytes: H100 80 GB, H200 141 GB (nominal; less is free once CUDA has started)
+TRANSFORMER = "transformer_big"  # the layout the largest fitting model scales in depth
+FIT_OPTIMIZERS = ("adamw", "novograd")
 MB = 1e6  # the tables give decimal megabytes
 
 
@@ -115,6 +138,11 @@ def build_model(config: str, device: torch.device | str, **kwargs: Any) -> nn.Mo
 
 def optimizer_config(name: str) -> Any:
     """configs/optimizer/<name>.yaml as training composes it, without LARC (a wrapper with no state of its own)."""
+    return copy.deepcopy(_composed_optimizer(name))
+
+
+@functools.cache
+def _composed_optimizer(name: str) -> Any:
     return compose_config([f"optimizer={name}", "optimizer.larc.enabled=false"]).optimizer
 
 
@@ -149,8 +177,9 @@ def measure_state(model: nn.Module, optimizer_name: str) -> dict[str, int]:
     return result
 
 
-def measure_model(config: str, device: torch.device | str, **kwargs: Any) -> dict[str, Any]:
-    """Parameter count, tensors, bytes of parameters and gradients, and each optimizer's state, on `device`."""
+def measure_model(config: str, device: torch.device | str, ranks: Iterable[int] = (), **kwargs: Any) -> dict[str, Any]:
+    """Parameter count, tensors, bytes of parameters and gradients, and each optimizer's state, on `device`; and
+    rank 0's bytes of each under FSDP2 for each number of `ranks`."""
     model = build_model(config, device, **kwargs)
     params = list(model.parameters())  # shared tensors (tied embeddings) once, as the optimizer sees them
     measured = {name: measure_state(model, name) for name in OPTIMIZERS}
@@ -161,7 +190,75 @@ def measure_model(config: str, device: torch.device | str, **kwargs: Any) -> dic
         "grad_bytes": measured[REFERENCE]["grad_bytes"],  # the same gradients for every optimizer
         "state_bytes": {name: m["state_bytes"] for name, m in measured.items()},
         "step_counter_bytes": {name: m["step_counter_bytes"] for name, m in measured.items()},
+        "fsdp2": {str(n): measure_fsdp2(model, n) for n in ranks},
     }
+
+
+def fsdp2_shard(param: torch.Tensor, ranks: int, rank: int) -> torch.Tensor:
+    """`rank`'s part of `param` as `fully_shard` cuts it (torch.chunk along dim 0; empty past the last chunk)."""
+    if param.dim() == 0:
+        raise ValueError("fully_shard shards along dim 0: a 0-dim parameter has none; give it a dimension of 1")
+    chunks = torch.chunk(param.detach(), ranks, dim=0)
+    return chunks[rank] if rank < len(chunks) else param.detach().new_empty((0, *param.shape[1:]))
+
+
+def shard_in_place(model: nn.Module, ranks: int, rank: int) -> nn.Module:
+    """`model` with each parameter replaced by `rank`'s shard of it (tied parameters stay one shard)."""
+    shards: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) not in shards:
+                shards[id(param)] = nn.Parameter(torch.empty_like(fsdp2_shard(param, ranks, rank)))
+            setattr(module, name, shards[id(param)])
+    return model
+
+
+def measure_fsdp2(model: nn.Module, ranks: int, rank: int = 0, optimizers: Iterable[str] = OPTIMIZERS,
+                  ) -> dict[str, Any]:
+    """The bytes `rank` holds of `model` (meta or real) fully sharded over `ranks` by FSDP2: parameter and gradient
+    shards at the padded size (the first chunk's), each optimizer's state on the rank's own shards."""
+    first_chunks = [fsdp2_shard(p, ranks, 0) for p in model.parameters()]
+    sharded = shard_in_place(copy.deepcopy(model), ranks, rank)
+    measured = {name: measure_state(sharded, name) for name in optimizers}
+    return {
+        "param_bytes": tensor_bytes(first_chunks),
+        "grad_bytes": tensor_bytes(first_chunks),
+        "state_bytes": {name: m["state_bytes"] for name, m in measured.items()},
+    }
+
+
+def fsdp2_whole_bytes(row: dict[str, Any], optimizer_name: str) -> int:
+    return row["param_bytes"] + row["grad_bytes"] + row["state_bytes"][optimizer_name]
+
+
+def largest_transformer(ranks: Iterable[int], gpu_memory: Iterable[float]) -> dict[str, Any]:
+    """The most encoder + decoder layer pairs of Transformer-big's layout whose rank-0 training state (parameters,
+    gradients and optimizer state under FSDP2) fits each GPU memory, for AdamW and NovoGrad and each rank count.
+
+    Rank 0's bytes and the parameters are measured at the paper's depth and one layer pair deeper; every further
+    pair adds the same (each parameter is sharded on its own), so the bytes are affine in the depth.
+    """
+    base = compose_config([f"model={TRANSFORMER}"]).model.encoder_layers
+    depths = (base, base + 1)
+    models = [build_model(TRANSFORMER, "meta", encoder_layers=d, decoder_layers=d) for d in depths]
+    params = [sum(p.numel() for p in m.parameters()) for m in models]
+    layer = models[0].decoder_layers[0]  # the largest unit a per-layer fully_shard all-gathers
+    result: dict[str, Any] = {
+        "model": TRANSFORMER, "base_layers": base, "base_params": params[0],
+        "params_per_layer_pair": params[1] - params[0], "decoder_layer_param_bytes": tensor_bytes(layer.parameters()),
+        "fits": {},
+    }
+    for n in ranks:
+        rows = [measure_fsdp2(m, n, optimizers=FIT_OPTIMIZERS) for m in models]
+        for memory in gpu_memory:
+            fits = result["fits"].setdefault(f"{memory:.0f}", {}).setdefault(str(n), {})
+            for name in FIT_OPTIMIZERS:
+                at_base, deeper = (fsdp2_whole_bytes(row, name) for row in rows)
+                layers = max(0, base + math.floor((memory - at_base) / (deeper - at_base)))
+                fits[name] = {"layers": layers, "params": params[0] + (layers - base) * (params[1] - params[0]),
+                              "bytes": at_base + (layers - base) * (deeper - at_base),
+                              "bytes_per_layer_pair": deeper - at_base} if layers else None
+    return result
 
 
 def peak_step_bytes(spec: ModelSpec, optimizer_name: str, device: torch.device) -> int:
@@ -217,7 +314,7 @@ def markdown(results: dict[str, dict[str, Any]], state_device: str, gpu_name: st
             f"Peak = `torch.cuda.max_memory_allocated()` over one steady-state bf16 training step at the paper's "
             f"per-GPU micro-batch (activations included) on {gpu_name}.",
         ]
-    for key, row in results.items():
+    for key, row in results["models"].items():
         novograd_extra = row["state_bytes"]["novograd"] - row["state_bytes"]["sgd"]
         lines += [
             "",
@@ -244,7 +341,58 @@ def markdown(results: dict[str, dict[str, Any]], state_device: str, gpu_name: st
                 peak = row["peak_step_bytes"][name]
                 cells += [f"{peak / MB:,.1f}", f"{peak / row['peak_step_bytes'][REFERENCE]:.4f}"]
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + fsdp2_markdown(results)) + "\n"
+
+
+def fsdp2_markdown(results: dict[str, Any]) -> list[str]:
+    """The sections on FSDP2: each model's bytes per GPU, and the largest Transformer that fits."""
+    lines = [
+        "",
+        "## Per GPU under FSDP2 full sharding",
+        "",
+        "Rank 0's shards (`torch.chunk` along dim 0, as `fully_shard` cuts them; parameter and gradient shards "
+        "allocated at the first chunk's size, which rank 0 holds unpadded), with every optimizer's state measured "
+        "on them: the most any rank holds. NovoGrad's second moments and Adam's step counters are 0-dim tensors "
+        "on every rank, not sharded. fp32 parameters, gradients and state (bf16 autocast keeps them so); "
+        "activations and FSDP2's all-gathered layers are not counted.",
+        "",
+        "| model | ranks | params + grads (MB) | SGD state | Adam state | AdamW state | NovoGrad state (MB) | "
+        "whole, NovoGrad vs AdamW (MB) | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, row in results["models"].items():
+        for n, shard in row["fsdp2"].items():
+            state = [f"{shard['state_bytes'][name] / MB:,.2f}" for name in OPTIMIZERS]
+            novograd, adamw = fsdp2_whole_bytes(shard, "novograd"), fsdp2_whole_bytes(shard, "adamw")
+            lines.append(f"| {key} | {n} | {(shard['param_bytes'] + shard['grad_bytes']) / MB:,.2f} | "
+                         + " | ".join(state) + f" | {novograd / MB:,.2f} vs {adamw / MB:,.2f} | {novograd / adamw:.4f} |")
+    largest = results["largest_transformer"]
+    lines += [
+        "",
+        "## The largest Transformer whose training state fits one GPU",
+        "",
+        f"`{largest['model']}`'s layout (d_model, d_ff, heads and vocabulary as configured) with L encoder and L "
+        f"decoder layers (the paper: L = {largest['base_layers']}, {largest['base_params']:,} parameters; each "
+        f"layer pair adds {largest['params_per_layer_pair']:,}). Rank 0's parameters + gradients + optimizer "
+        "state under FSDP2, measured at the paper's depth and one pair deeper (each further pair adds the same), "
+        "must fit the GPU memory (GB = 10^9 bytes, nominal). Not counted: activations, which depend on the "
+        "micro-batch and on activation checkpointing, and the transient unsharded layers FSDP2 gathers (one "
+        f"decoder layer is {largest['decoder_layer_param_bytes'] / MB:,.1f} MB in fp32), the CUDA context and the "
+        "allocator's slack.",
+        "",
+        "| GPU memory | ranks | AdamW: L | AdamW: parameters | NovoGrad: L | NovoGrad: parameters | "
+        "NovoGrad / AdamW parameters |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for memory, by_ranks in largest["fits"].items():
+        for n, fits in by_ranks.items():
+            adamw, novograd = fits["adamw"], fits["novograd"]
+            cells = [f"{float(memory) / 1e9:g} GB", n]
+            for fit in (adamw, novograd):
+                cells += [str(fit["layers"]), f"{fit['params'] / 1e9:,.2f}B"] if fit else ["none", "-"]
+            cells.append(f"{novograd['params'] / adamw['params']:.3f}" if adamw and novograd else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -253,25 +401,39 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
                         help="cuda: also the peak memory of a real training step per model and optimizer")
     parser.add_argument("--state-device", choices=("meta", "cpu"), default="meta",
                         help="where the optimizer state is measured (cpu: real fp32 tensors, several GB)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=list(RANKS),
+                        help="numbers of ranks FSDP2 shards over (default: %(default)s)")
+    parser.add_argument("--gpu-memory", type=float, nargs="+", default=list(GPU_MEMORY),
+                        help="bytes per GPU the largest Transformer must fit in (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=None,
                         help="path without suffix for .json and .md (default: results/memory[_cuda])")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda given but no CUDA device is visible; run on a GPU machine or use --device cpu")
+    if min(args.ranks) < 1 or min(args.gpu_memory) <= 0:
+        parser.error(f"--ranks and --gpu-memory must be positive, got {args.ranks} and {args.gpu_memory}")
     output = args.output or ROOT / "results" / ("memory_cuda" if device.type == "cuda" else "memory")
 
-    results = {}
+    models = {}
     for key, spec in MODELS.items():
         start = time.perf_counter()
-        row = measure_model(spec.config, args.state_device, **spec.kwargs)
+        row = measure_model(spec.config, args.state_device, args.ranks, **spec.kwargs)
         if device.type == "cuda":
             row["peak_step_bytes"] = {name: peak_step_bytes(spec, name, device) for name in OPTIMIZERS}
-        results[key] = row
+        models[key] = row
         gc.collect()
         ratios = ", ".join(f"{n} {row['state_bytes'][n] / row['state_bytes'][REFERENCE]:.3f}" for n in OPTIMIZERS)
         print(f"{key}: {row['params']:,} parameters in {row['tensors']} tensors; state / Adam's: {ratios} "
               f"({time.perf_counter() - start:.1f} s)")
+    start = time.perf_counter()
+    results = {"models": models, "largest_transformer": largest_transformer(args.ranks, args.gpu_memory)}
+    for memory, by_ranks in results["largest_transformer"]["fits"].items():
+        for n, fits in by_ranks.items():
+            print(f"{float(memory) / 1e9:g} GB x {n} ranks: "
+                  + ", ".join(f"{name} {fit['params'] / 1e9:.2f}B parameters ({fit['layers']} + {fit['layers']} layers)"
+                              if fit else f"{name} none" for name, fit in fits.items()))
+    print(f"largest Transformers: {time.perf_counter() - start:.1f} s")
 
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     output.parent.mkdir(parents=True, exist_ok=True)
