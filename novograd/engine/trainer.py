@@ -22,7 +22,7 @@ from torch import nn
 
 from novograd.engine import distributed
 from novograd.engine.accumulation import accumulate_gradients
-from novograd.engine.batches import to_device
+from novograd.engine.batches import device_batches
 from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
@@ -389,7 +389,7 @@ class Trainer:
         started, train_s = time.perf_counter(), self._elapsed() - self.progress.paused_s
         metrics = evaluate(
             self.workload, self.eval_model, self.eval_loaders,
-            lambda batch: to_device(batch, self.context.device, self.channels_last),
+            lambda loader: device_batches(loader, self.context.device, self.channels_last, self.workload.on_device),
             self.precision, self.context.device, final,
         )
         progress = self.progress
@@ -512,8 +512,8 @@ class Trainer:
         self.train_sampler.set_position(progress.epoch, progress.step_in_epoch)
         if progress.step_in_epoch == 0:  # not when resuming mid-epoch: carried state comes from the checkpoint
             self.workload.start_epoch(progress.epoch)
-        micro_batches = (
-            to_device(batch, self.context.device, self.channels_last) for batch in self.train_loader
+        micro_batches = device_batches(
+            self.train_loader, self.context.device, self.channels_last, self.workload.on_device
         )
         for num_micro_batches, global_count in self.train_sampler.steps():
             if progress.step >= self.total_steps:
