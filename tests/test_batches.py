@@ -1,11 +1,14 @@
-"""Feeding the model: `to_device` and `device_batches` (the one-batch-ahead prefetcher) on the CPU; their CUDA
-stream path is in test_gpu.py."""
+"""Feeding the model: `to_device`, `device_batches` (the one-batch-ahead prefetcher) on the CPU (their CUDA stream
+path is in test_gpu.py), and `DataWait`, the time the loop spends blocked on its loader."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 
-from novograd.engine.batches import device_batches, to_device
+from novograd.engine.batches import DataWait, device_batches, to_device
 
 CPU = torch.device("cpu")
 
@@ -39,3 +42,34 @@ def test_to_device_makes_uint8_and_float_images_channels_last_only():
         True, True, False]
     assert moved[3].is_contiguous()
     assert to_device(images, CPU).is_contiguous()  # negative control: without channels_last nothing changes
+
+
+def test_data_wait_counts_the_time_blocked_on_the_loader_and_not_the_computation():
+    def slow_source(delay_s: float):
+        for i in range(5):
+            time.sleep(delay_s)
+            yield torch.tensor(i)
+
+    for data_s, compute_s in ((0.02, 0.0), (0.0, 0.02)):  # a slow loader; a slow computation (negative control)
+        wait = DataWait()
+        started = time.perf_counter()
+        for _ in device_batches(slow_source(data_s), CPU, wait=wait):
+            time.sleep(compute_s)
+        share = wait.share(time.perf_counter() - started)
+        assert (share > 0.8) if data_s else (share < 0.2), (data_s, compute_s, share)
+        assert wait.seconds == 0.0  # the next interval starts
+
+
+def test_data_wait_warns_once_after_three_slow_intervals_in_a_row(caplog):
+    wait = DataWait()
+    with caplog.at_level(logging.WARNING, logger="novograd"):
+        for waited in (0.5, 0.5, 0.05, 0.5, 0.5):  # a fast interval restarts the count
+            wait.seconds = waited
+            wait.share(1.0)
+        assert not caplog.records
+        for _ in range(3):
+            wait.seconds = 0.5
+            wait.share(1.0)
+    (warning,) = caplog.records
+    assert "waited for data more than 10% of each of the last 3 log intervals (50% of the last)" in warning.message
+    assert "data.num_workers" in warning.message and "make bench-data" in warning.message
