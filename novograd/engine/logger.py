@@ -143,7 +143,8 @@ class TrainingStatus:
 
     def postfix(self) -> dict[str, str]:
         """What the progress bar shows beside its own rate and ETA."""
-        return {"loss": f"{self.loss:.4f}", "lr": f"{self.lr:.3g}", f"{self.unit}/s": f"{self.throughput:.0f}"}
+        return {"loss": f"{self.loss:.4f}", "lr": f"{self.lr:.3g}", f"{self.unit}/s": f"{self.throughput:.0f}",
+                "data wait": f"{self.data_wait:.0%}"}
 
 
 _BOOKKEEPING = ("steps", "epochs", "wall_time_s", "world_size", "output_dir", "preempted", "stop_reason")
