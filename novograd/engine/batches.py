@@ -52,9 +52,7 @@ def device_batches(
     for batch in _timed(batches, wait):
         with torch.cuda.stream(side) if side is not None else nullcontext():
             prepared = on_device(to_device(batch, device, channels_last))
-            ready = torch.cuda.Event() if side is not None else None
-            if ready is not None:
-                ready.record(side)
+        ready = side.record_event() if side is not None else None
         if ahead is not None:
             yield _handed_over(*ahead, device)
         ahead = (prepared, ready)
