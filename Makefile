@@ -17,7 +17,7 @@ EXPERIMENTS := $(sort $(patsubst configs/experiment/%.yaml,%,$(wildcard configs/
 target_name = $(subst _,-,$(subst /,-,$(1)))
 EXPERIMENT_TARGETS := $(foreach e,$(EXPERIMENTS),$(call target_name,$(e)))
 
-.PHONY: help install demo dln test test-all tables tune prepare-imagenet prepare-librispeech prepare-wikitext103 prepare-wmt14 bench-optimizer memory bench-speech-data bench-engine $(EXPERIMENT_TARGETS)
+.PHONY: help install demo dln test test-all tables tune prepare-imagenet prepare-librispeech prepare-wikitext103 prepare-wmt14 bench-optimizer memory bench-speech-data bench-data bench-engine $(EXPERIMENT_TARGETS)
 
 help: ## List every target
 	@echo "Usage: make <target> [NPROC=N] [NNODES=N] [ARGS=\"key=value ...\"]"
@@ -77,6 +77,9 @@ memory: ## Optimizer state (SGD, Adam, AdamW, NovoGrad) and whole-step memory of
 
 bench-speech-data: ## Utterances/s and audio-seconds/s of the LibriSpeech data path alone (FLAC, speed perturbation, log-mel)
 	OMP_NUM_THREADS=1 $(PYTHON) scripts/bench_speech_data.py $(ARGS)
+
+bench-data: ## Per-core items/s of every workload's data path, cores per GPU at published throughputs; ImageNet uint8 vs before: results/bench/data.*
+	OMP_NUM_THREADS=1 $(PYTHON) scripts/bench_data.py $(ARGS)
 
 .PHONY: gpu-check
 gpu-check: ## On one GPU (~8 min): GPU tests, full-size training steps, optimizer ratios, attention backends, GPU-hours per row: results/gpu/

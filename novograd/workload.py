@@ -89,6 +89,12 @@ class Workload(ABC):
         """Turn a list of samples into a batch; the default stacks tensors."""
         return torch.utils.data.default_collate(samples)
 
+    def on_device(self, batch: Any) -> Any:
+        """`batch` just copied to the device, made ready for the model: the work a GPU does more cheaply than the
+        loader's CPU workers (e.g. uint8 images to normalised floats). On CUDA it runs on the side stream that
+        copies the batch, one batch ahead of the computation (novograd/engine/batches.py). The default: unchanged."""
+        return batch
+
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """The summed (not averaged) training loss of `batch`; the plan's `count` of terms over the whole step."""

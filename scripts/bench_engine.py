@@ -43,6 +43,7 @@ def bare_steps_per_second(steps: int, overrides: list[str] = OVERRIDES) -> float
     `overrides` name (trainer.device; the CPU by default)."""
     from hydra.utils import instantiate
 
+    from data.imagenet import normalize_images
     from novograd.optim.factory import build_optimizer
     from novograd.optim.schedules import build_scheduler
 
@@ -71,6 +72,7 @@ def bare_steps_per_second(steps: int, overrides: list[str] = OVERRIDES) -> float
         for _ in range(accumulation):
             batch = next(stream)  # data.imagenet.LabelledImage of tensors
             images, labels = (tensor.to(device, non_blocking=True) for tensor in (batch.image, batch.label))
+            images = normalize_images(images)  # the loader's uint8 images as the model's input, as on_device does
             loss = torch.nn.functional.cross_entropy(model(images), labels, reduction="sum") / cfg.trainer.batch_size
             loss.backward()
         optimizer.step()

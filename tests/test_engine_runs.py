@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 import io
 import json
+import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,7 +144,8 @@ def test_plain_progress_lines_and_a_summary_line_without_a_terminal(tmp_path: Pa
     lines = [r.getMessage() for r in caplog.records]
     progress = [line for line in lines if line.startswith("step ") and " | loss " in line]
     assert [line.split(" |")[0] for line in progress] == ["step 2/4", "step 4/4"]
-    assert all(" examples/s | elapsed 0:00:" in line and "| ETA " in line for line in progress)
+    assert all(re.search(r" examples/s \| data wait \d+% \| elapsed 0:00:", line) and "| ETA " in line
+               for line in progress)
     assert lines[-1] == (f"Finished 4/4 steps: mse={summary['mse']:.4f} | wall time "
                          f"0:00:0{round(summary['wall_time_s'])} | output {tmp_path}")
     assert "best_mse" in summary  # the final line shows the paper's columns; summary.json holds every metric
@@ -234,3 +237,34 @@ def test_engine_modules_import_no_circle() -> None:
 
     for name in graph:
         visit(name, ())
+
+
+def test_data_wait_share_is_logged_and_a_slow_loader_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A deliberately slow dataset (20 ms a sample, 160 ms a step) makes the loop wait for data most of each step
+    (the rest: the engine's ~80 ms of per-step bookkeeping on this machine), and one warning says so; a computation
+    slowed as much, with the fast data (negative control), waits about 1% and warns not."""
+    from torch.utils.data import TensorDataset
+
+    from novograd.workloads.regression import RegressionWorkload
+
+    def slowed(function):
+        def slow(*args):
+            time.sleep(0.02 if function is read else 0.16)
+            return function(*args)
+        return slow
+
+    read, loss = TensorDataset.__getitem__, RegressionWorkload.loss
+    shares = {}
+    for name, patched in (("slow_data", (TensorDataset, "__getitem__", slowed(read))),
+                          ("slow_compute", (RegressionWorkload, "loss", slowed(loss)))):
+        with monkeypatch.context() as patch, caplog.at_level("WARNING", logger="novograd"):
+            patch.setattr(*patched)
+            caplog.clear()
+            run(compose_config(REGRESSION, tmp_path / name))
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        shares[name] = [r["train/data_wait"] for r in records if "train/loss" in r]
+        warned = [r for r in caplog.records if "input pipeline is the bottleneck" in r.getMessage()]
+        assert len(warned) == (name == "slow_data"), name
+    assert len(shares["slow_data"]) == 4 and min(shares["slow_data"]) > 0.5, shares
+    assert max(shares["slow_compute"]) < 0.1, shares

@@ -73,3 +73,22 @@ def test_transformer_xl_attention_backend_auto_has_the_math_backends_gradients()
     gpu_check = load_script("gpu_check")
     result = gpu_check.check_attention(torch.device("cuda"), gpu_check.Budget(600))
     assert result["auto_proven_right"], result["backends"]
+
+
+def test_device_batches_on_a_side_stream_give_the_cpu_path_batches() -> None:
+    """The CUDA prefetcher (copy and `on_device` on a side stream, one batch ahead) hands over the batches the CPU
+    path gives, normalised and channels-last."""
+    from data.imagenet import LabelledImage
+    from novograd.engine.batches import device_batches
+    from novograd.workloads.imagenet import ImageNetWorkload
+
+    workload = ImageNetWorkload(model={}, data={})
+    generator = torch.Generator().manual_seed(0)
+    batches = [LabelledImage(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=generator).pin_memory(),
+                             torch.arange(4) + i, torch.zeros(4, dtype=torch.bool)) for i in range(3)]
+    on_cpu = list(device_batches(batches, torch.device("cpu"), on_device=workload.on_device))
+    on_gpu = [batch._replace(image=batch.image * 1)  # work on the compute stream, which must wait for the copy
+              for batch in device_batches(batches, torch.device("cuda"), True, workload.on_device)]
+    for cpu, gpu in zip(on_cpu, on_gpu, strict=True):
+        assert gpu.image.is_contiguous(memory_format=torch.channels_last) and gpu.image.dtype == torch.float32
+        assert torch.equal(gpu.image.cpu(), cpu.image) and torch.equal(gpu.label.cpu(), cpu.label)

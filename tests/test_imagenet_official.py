@@ -22,6 +22,7 @@ from official_formats.imagenet import WNIDS, val_image_name, write_imagenet_arch
 from data.corrupt import CorruptFileWarning
 from data.imagenet import build_imagenet_datasets
 from novograd.engine import run
+from novograd.engine.batches import device_batches
 from novograd.engine.compose import compose_config
 from novograd.engine.evaluation import evaluate_set
 from novograd.engine.precision import Precision
@@ -118,12 +119,13 @@ def test_evaluation_scores_each_readable_image_once(prepared, tmp_path):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
     loader = torch.utils.data.DataLoader(val, batch_size=4, collate_fn=workload.collate)
     cpu = torch.device("cpu")
+    on_cpu = lambda batches: device_batches(batches, cpu, on_device=workload.on_device)  # noqa: E731
     with pytest.warns(CorruptFileWarning, match=val_image_name(3)):
-        sums = evaluate_set(workload, model, loader, lambda batch: batch, Precision("fp32", cpu), cpu)
+        sums = evaluate_set(workload, model, loader, on_cpu, Precision("fp32", cpu), cpu)
     assert (sums["count"], sums["skipped"]) == (5, 1)  # the image standing in for the bad one is not scored
 
     # Negative control: the same batch with the flag cleared scores the stand-in as well, 6 images.
-    batch = workload.collate([val[i] for i in range(len(val))])
+    batch = workload.on_device(workload.collate([val[i] for i in range(len(val))]))
     assert batch.skipped.tolist() == [i == 4 for i in range(6)]  # n01484850's first image, sorted after 4 others
     with torch.no_grad():
         flagged = workload.eval_step(model, batch)

@@ -10,7 +10,8 @@ the readable ones and adds the others up under `SKIPPED`; that count is recorded
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ def evaluate(
     workload: Workload,
     model: nn.Module,
     loaders: dict[str, DataLoader],
-    to_device: Callable[[Any], Any],
+    device_batches: Callable[[Iterable[Any]], Iterable[Any]],
     precision: Precision,
     device: torch.device,
     final: bool = False,
@@ -42,7 +43,7 @@ def evaluate(
     metrics: dict[str, float] = {}
     for name, loader in loaders.items():
         if workload.begin_evaluation(name, final):
-            totals = evaluate_set(workload, model, loader, to_device, precision, device)
+            totals = evaluate_set(workload, model, loader, device_batches, precision, device)
             skipped = totals.pop(SKIPPED, None)
             metrics |= workload.eval_metrics(totals, name)
             if skipped is not None:
@@ -55,18 +56,19 @@ def evaluate_set(
     workload: Workload,
     model: nn.Module,
     loader: DataLoader,
-    to_device: Callable[[Any], Any],
+    device_batches: Callable[[Iterable[Any]], Iterable[Any]],
     precision: Precision,
     device: torch.device,
 ) -> dict[str, float]:
     """The workload's statistics summed over one whole evaluation set and all ranks. `model` is the bare module
-    (no DDP hooks: ranks may run different numbers of batches)."""
+    (no DDP hooks: ranks may run different numbers of batches); `device_batches` turns the loader's batches into the
+    model's (novograd/engine/batches.py)."""
     was_training = model.training
     model.eval()
     totals: dict[str, torch.Tensor] = {}
-    for batch in loader:
+    for batch in device_batches(loader):
         with precision.autocast():
-            stats = workload.eval_step(model, to_device(batch))
+            stats = workload.eval_step(model, batch)
         for name, value in stats.items():
             value = value.detach().to(device=device, dtype=torch.float64)
             totals[name] = totals[name] + value if name in totals else value

@@ -129,19 +129,22 @@ class TrainingStatus:
     elapsed_s: float  # the run's wall time so far, over all its segments
     eta_s: float
     skipped_steps: int = 0  # non-finite steps not applied, so far in the run (shown only when there are some)
+    data_wait: float = 0.0  # share of the interval's training time spent waiting for the next batch
 
     def line(self) -> str:
-        """e.g. `step 200/5000 | loss 3.4521 | lr 0.00699 | 2,014 images/s | elapsed 0:03:10 | ETA 1:16:05`."""
+        """e.g. `step 200/5000 | loss 3.4521 | lr 0.00699 | 2,014 images/s | data wait 2% | elapsed 0:03:10 |
+        ETA 1:16:05`."""
         skipped = f" | skipped {self.skipped_steps} steps" if self.skipped_steps else ""
         return (
             f"step {self.step}/{self.total_steps} | loss {self.loss:.4f} | lr {self.lr:.3g} | "
-            f"{self.throughput:,.0f} {self.unit}/s | elapsed {_duration(self.elapsed_s)} | ETA {_duration(self.eta_s)}"
-            f"{skipped}"
+            f"{self.throughput:,.0f} {self.unit}/s | data wait {self.data_wait:.0%} | "
+            f"elapsed {_duration(self.elapsed_s)} | ETA {_duration(self.eta_s)}{skipped}"
         )
 
     def postfix(self) -> dict[str, str]:
         """What the progress bar shows beside its own rate and ETA."""
-        return {"loss": f"{self.loss:.4f}", "lr": f"{self.lr:.3g}", f"{self.unit}/s": f"{self.throughput:.0f}"}
+        return {"loss": f"{self.loss:.4f}", "lr": f"{self.lr:.3g}", f"{self.unit}/s": f"{self.throughput:.0f}",
+                "data wait": f"{self.data_wait:.0%}"}
 
 
 _BOOKKEEPING = ("steps", "epochs", "wall_time_s", "world_size", "output_dir", "preempted", "stop_reason")

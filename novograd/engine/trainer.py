@@ -22,7 +22,7 @@ from torch import nn
 
 from novograd.engine import distributed
 from novograd.engine.accumulation import accumulate_gradients
-from novograd.engine.batches import to_device
+from novograd.engine.batches import DataWait, device_batches
 from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
@@ -389,7 +389,7 @@ class Trainer:
         started, train_s = time.perf_counter(), self._elapsed() - self.progress.paused_s
         metrics = evaluate(
             self.workload, self.eval_model, self.eval_loaders,
-            lambda batch: to_device(batch, self.context.device, self.channels_last),
+            lambda loader: device_batches(loader, self.context.device, self.channels_last, self.workload.on_device),
             self.precision, self.context.device, final,
         )
         progress = self.progress
@@ -512,8 +512,8 @@ class Trainer:
         self.train_sampler.set_position(progress.epoch, progress.step_in_epoch)
         if progress.step_in_epoch == 0:  # not when resuming mid-epoch: carried state comes from the checkpoint
             self.workload.start_epoch(progress.epoch)
-        micro_batches = (
-            to_device(batch, self.context.device, self.channels_last) for batch in self.train_loader
+        micro_batches = device_batches(
+            self.train_loader, self.context.device, self.channels_last, self.workload.on_device, self._window.data_wait
         )
         for num_micro_batches, global_count in self.train_sampler.steps():
             if progress.step >= self.total_steps:
@@ -566,12 +566,13 @@ class Trainer:
         loss, scored = sums.pop("loss"), sums.pop("scored")
         mean_loss = loss / scored if scored else float("nan")
         throughput = window.count / elapsed
+        data_wait = window.data_wait.share(elapsed)
         if SKIPPED in sums:  # cumulative: a run's count of replaced examples, whatever the logging interval
             progress.skipped_train = (progress.skipped_train or 0) + round(sums.pop(SKIPPED))
         skipped = {} if progress.skipped_train is None else {"train/skipped_train": progress.skipped_train}
         self.logger.log(progress.step, {
             "train/loss": mean_loss, "train/lr": lr, "train/throughput": throughput, "epoch": self._epoch_float(),
-            "train/skipped_steps": progress.skipped_steps,
+            "train/skipped_steps": progress.skipped_steps, "train/data_wait": data_wait,
         } | skipped | {f"train/{name}": value for name, value in self.workload.train_metrics(sums).items()})
         segment_step, segment_time = self._segment_start
         seconds_per_step = (time.perf_counter() - segment_time) / (progress.step - segment_step)  # with evaluations
@@ -579,6 +580,7 @@ class Trainer:
             step=progress.step, total_steps=self.total_steps, loss=mean_loss, lr=lr, throughput=throughput,
             unit=self.workload.count_unit, elapsed_s=self._elapsed(),
             eta_s=seconds_per_step * (self.total_steps - progress.step), skipped_steps=progress.skipped_steps,
+            data_wait=data_wait,
         ))
         window.reset()
 
@@ -639,12 +641,14 @@ class _LogWindow:
         # On the device, so no host sync per step: the loss of the applied steps, and their count.
         self.loss = torch.zeros((), device=device)
         self.scored = torch.zeros((), dtype=torch.float64, device=device)
+        self.data_wait = DataWait()  # the training loop's time blocked on its loader
         self.reset()
 
     def reset(self) -> None:
         self.loss.zero_()
         self.scored.zero_()
         self.count, self.steps, self.start = 0.0, 0, time.perf_counter()
+        self.data_wait.seconds = 0.0
 
     def add(self, loss_sum: torch.Tensor, skipped: torch.Tensor, count: float) -> None:
         applied = skipped == 0

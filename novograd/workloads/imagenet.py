@@ -25,7 +25,8 @@ class ImageNetWorkload(Workload):
         model: the model config; instantiated with hydra (its `_target_`), with `num_classes` taken from `data`.
         data: the data config (configs/data/imagenet.yaml documents every key read here).
 
-    Batches are `LabelledImage`s already on the model's device: float images (N, 3, H, W), int64 labels and the
+    The loader's batches are `LabelledImage`s of uint8 images (N, 3, H, W); `on_device` turns them, on the model's
+    device, into the normalised float images the loss and evaluation see. Batches hold int64 labels and the
     bool `skipped` flags of unreadable files (`data.skip_corrupt=true`, data/corrupt.py). Training uses the images
     that stand in for them and counts them (`pop_train_stats`); evaluation scores only the others and counts the
     flagged ones, so each readable example is scored exactly once.
@@ -73,6 +74,11 @@ class ImageNetWorkload(Workload):
             skip_corrupt=data["skip_corrupt"],
         )
         return train, {"val": val}
+
+    def on_device(self, batch: LabelledImage) -> LabelledImage:
+        from data.imagenet import normalize_images
+
+        return batch._replace(image=normalize_images(batch.image))
 
     def loss(self, model: nn.Module, batch: LabelledImage) -> torch.Tensor:
         self._substituted = self._substituted + batch.skipped.sum()
