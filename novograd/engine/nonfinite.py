@@ -5,9 +5,10 @@ computes anyway, else one `get_total_norm` pass) must be finite on every rank, w
 makes all ranks agree on. A flagged step is not applied: the weights, the optimizer state and the model's buffers
 (BatchNorm statistics, which the forward pass already moved) stay as they were; its batch is consumed and the
 learning-rate schedule advances, as under fp16's dynamic loss scaling, whose skipped steps are the same thing.
-Optimizers that take GradScaler's `found_inf` protocol (torch's fused SGD/Adam/AdamW) skip on the device, so the
-flag is read on the host only every `trainer.log_every_steps` and before evaluations and checkpoints; any other
-optimizer needs it on the host before its step (one read per step, as GradScaler makes for it in fp16).
+torch's fused optimizers (SGD/Adam/AdamW with `fused=True`) take GradScaler's `found_inf` protocol and skip on the
+device, so the flag is read on the host only every `trainer.log_every_steps` and before evaluations and
+checkpoints; any other optimizer (NovoGrad included) needs it on the host before its step (one read per step, as
+GradScaler makes for it in fp16), and then a step that was applied costs no further work.
 
 Then `trainer.nonfinite` decides (`NonFinitePolicy`):
 - `skip` (default): go on, up to `trainer.max_consecutive_skips` skipped steps in a row, then end as diverged;
@@ -78,26 +79,27 @@ def nonfinite_flag(loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> torch.Ten
     return all_reduce_max((~ok).float())
 
 
-def applies_found_inf(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether `optimizer.step()` reads GradScaler's `found_inf` and skips by it (torch's fused optimizers)."""
-    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` skips by GradScaler's `found_inf` on the device: torch's fused optimizers. (NovoGrad
+    takes the protocol too, but reads the flag on the host.)"""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and type(optimizer).__module__.startswith(
+        "torch.optim")
 
 
-def step_unless(optimizer: torch.optim.Optimizer, found: torch.Tensor, **step_kwargs: Any) -> None:
-    """`optimizer.step(**step_kwargs)` unless `found` (a device flag) is set."""
-    if applies_found_inf(optimizer):
+def step_unless(optimizer: torch.optim.Optimizer, found: torch.Tensor, **step_kwargs: Any) -> bool | None:
+    """`optimizer.step(**step_kwargs)` unless `found` (a device flag) is set. Returns whether the step was skipped
+    when the host had to read the flag, None when the device decided."""
+    if skips_on_device(optimizer):
         optimizer.found_inf = found  # type: ignore[attr-defined]
         try:
             optimizer.step(**step_kwargs)
         finally:
             del optimizer.found_inf  # type: ignore[attr-defined]
-    elif not found.item():
+        return None
+    skipped = bool(found.item())
+    if not skipped:
         optimizer.step(**step_kwargs)
-
-
-def decided_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
-    """Whether a skipped step is known on the device only (the host reads the flags now and then, not per step)."""
-    return device.type == "cuda" and applies_found_inf(optimizer)
+    return skipped
 
 
 class BufferSnapshot:
@@ -115,8 +117,11 @@ class BufferSnapshot:
         for buffers, saved in zip(self.groups, self.saved):
             torch._foreach_copy_(saved, buffers)
 
-    def restore_where(self, found: torch.Tensor) -> None:
-        """Buffers back to the snapshot where `found` is set (NaN-proof: a select, not arithmetic)."""
+    def restore_where(self, found: torch.Tensor, known: bool | None = None) -> None:
+        """Buffers back to the snapshot where `found` is set (NaN-proof: a select, not arithmetic); `known`: the host
+        read the flag already."""
+        if known is False:
+            return
         for buffers, saved in zip(self.groups, self.saved):
             current = torch.cat([b.reshape(-1) for b in buffers])
             kept = torch.where(found.bool(), torch.cat([s.reshape(-1) for s in saved]), current)
@@ -125,15 +130,24 @@ class BufferSnapshot:
 
 
 class SkipCounter:
-    """Skipped steps counted on the device, read by the host now and then (`read`)."""
+    """Skipped steps, counted where the decision was made: on the host when it read the flag, else on the device,
+    read by the host now and then (`read`)."""
 
     def __init__(self, device: torch.device) -> None:
         # [skipped since the last read, skipped in a row now, first step of that streak, first skipped step since
         # the last read]; a step number of 0 means none (steps count from 1).
         self.counts = torch.zeros(4, dtype=torch.float64, device=device)
+        self._in_a_streak = False  # whether counts[1:3] may hold a streak (always assumed when the device decides)
 
-    def add(self, found: torch.Tensor, step: int) -> None:
-        """Count step number `step` (from 1) as skipped where `found` is set."""
+    def add(self, found: torch.Tensor, step: int, known: bool | None = None) -> None:
+        """Count step number `step` (from 1) as skipped where `found` is set; `known`: the host read it already
+        (then a step that was applied costs no device work)."""
+        if known is False:
+            if self._in_a_streak:
+                self.counts[1:3] = 0
+                self._in_a_streak = False
+            return
+        self._in_a_streak = True
         counts, flag = self.counts, found.to(torch.float64)
         here = flag * step
         counts[2] = torch.where(counts[1] > 0, counts[2], here) * flag

@@ -15,6 +15,7 @@ _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class StepResult(NamedTuple):
     grad_norm: torch.Tensor | None  # before clipping, when the step clipped
     skipped: torch.Tensor  # 1.0 on the device when the step was not applied (non-finite), else 0.0
+    skipped_known: bool | None = None  # the same, where the host read it (None: only the device knows)
 
 
 class Precision:
@@ -56,7 +57,7 @@ class Precision:
         """
         in_step_clip = clip_norm is not None and getattr(optimizer, "clips_grad_norm_in_step", False)
         step_kwargs = {"max_grad_norm": clip_norm} if in_step_clip else {}
-        grad_norm = None
+        grad_norm, skipped_known = None, None
         if self.scaler.is_enabled():
             # GradScaler finds inf/NaN in the gradients and skips the step itself; it backs the scale off exactly
             # then, which tells a skipped step on the device (`_scale`: GradScaler's scale tensor, set by scale()).
@@ -75,10 +76,10 @@ class Precision:
             else:
                 step_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             skipped = nonfinite_flag(loss_sum, step_norm)
-            step_unless(optimizer, skipped, **step_kwargs)
+            skipped_known = step_unless(optimizer, skipped, **step_kwargs)
         if in_step_clip:
             grad_norm = optimizer.grad_norm  # type: ignore[attr-defined]
-        return StepResult(grad_norm, skipped)
+        return StepResult(grad_norm, skipped, skipped_known)
 
     @property
     def loss_scale(self) -> torch.Tensor | None:

@@ -427,9 +427,11 @@ class Trainer:
             self.context.world_size, self.precision,
         )
         lr = self.optimizer.param_groups[0]["lr"]
-        skipped = self.precision.step(self.optimizer, self.model.parameters(), self.grad_clip_norm, loss_sum).skipped
-        self.buffers.restore_where(skipped)
-        self.skips.add(skipped, self.progress.step + 1)
+        result = self.precision.step(self.optimizer, self.model.parameters(), self.grad_clip_norm, loss_sum)
+        skipped = result.skipped
+        self.buffers.restore_where(skipped, result.skipped_known)
+        self.skips.add(skipped, self.progress.step + 1, result.skipped_known)
+        self._skipped_on_host = result.skipped_known is True  # then `trainer.nonfinite` acts at once
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, skipped, lr
@@ -540,6 +542,8 @@ class Trainer:
 
     def _after_step(self, lr: float, epoch_ended: bool) -> None:
         """Logging, evaluation and checkpoints due after the step just taken."""
+        if self._skipped_on_host:
+            self._check_skips()
         every, progress = self.intervals, self.progress
         is_last = progress.step == self.total_steps
         if self._window.steps == every.log_steps or is_last:
