@@ -63,6 +63,13 @@ def test_data_wait_counts_the_time_blocked_on_the_loader_and_not_the_computation
 def test_data_wait_warns_once_after_three_slow_intervals_in_a_row(caplog):
     wait = DataWait()
     with caplog.at_level(logging.WARNING, logger="novograd"):
+        for _ in range(4):  # a run of a few seconds (a debug run logging every step) is not warned
+            wait.seconds = 0.5
+            wait.share(1.0)
+        assert not caplog.records
+    wait = DataWait()
+    wait.MIN_SECONDS = 3.0
+    with caplog.at_level(logging.WARNING, logger="novograd"):
         for waited in (0.5, 0.5, 0.05, 0.5, 0.5):  # a fast interval restarts the count
             wait.seconds = waited
             wait.share(1.0)

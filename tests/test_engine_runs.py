@@ -254,6 +254,9 @@ def test_data_wait_share_is_logged_and_a_slow_loader_is_named(tmp_path: Path, mo
             return function(*args)
         return slow
 
+    from novograd.engine.batches import DataWait
+
+    monkeypatch.setattr(DataWait, "MIN_SECONDS", 0.0)  # a test run is seconds long
     read, loss = TensorDataset.__getitem__, RegressionWorkload.loss
     shares = {}
     for name, patched in (("slow_data", (TensorDataset, "__getitem__", slowed(read))),

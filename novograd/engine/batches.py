@@ -84,7 +84,8 @@ def _tensors(batch: Any) -> Iterator[torch.Tensor]:
 
 class DataWait:
     """The host seconds a training loop spends blocked on its loader, and the one warning when that is a large
-    share of training: more than `THRESHOLD` of `INTERVALS` log intervals in a row.
+    share of training: more than `THRESHOLD` of `INTERVALS` log intervals in a row that hold at least `MIN_SECONDS`
+    of training together (so that a debug run of a few seconds, logging every step, is not told to add workers).
 
     Host time, with no device sync: while the GPU is the bottleneck the host runs ahead and finds the next batch
     ready (a share near 0); while the loader is, the host waits for it here.
@@ -92,10 +93,12 @@ class DataWait:
 
     THRESHOLD = 0.10
     INTERVALS = 3
+    MIN_SECONDS = 60.0
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self._slow_intervals = 0
+        self._slow_seconds = 0.0
         self._warned = False
 
     def share(self, elapsed: float) -> float:
@@ -103,8 +106,10 @@ class DataWait:
         the next interval."""
         share = min(1.0, self.seconds / elapsed) if elapsed > 0 else 0.0
         self.seconds = 0.0
-        self._slow_intervals = self._slow_intervals + 1 if share > self.THRESHOLD else 0
-        if self._slow_intervals >= self.INTERVALS and not self._warned:
+        slow = share > self.THRESHOLD
+        self._slow_intervals = self._slow_intervals + 1 if slow else 0
+        self._slow_seconds = self._slow_seconds + elapsed if slow else 0.0
+        if self._slow_intervals >= self.INTERVALS and self._slow_seconds >= self.MIN_SECONDS and not self._warned:
             self._warned = True
             log.warning("The input pipeline is the bottleneck: training waited for data more than %.0f%% of each of "
                         "the last %d log intervals (%.0f%% of the last). Raise data.num_workers (loader processes per "
