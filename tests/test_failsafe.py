@@ -305,3 +305,31 @@ def test_a_save_syncs_the_data_before_the_rename_and_the_directory_after(
     events.clear()
     manager.save({"w": torch.ones(3)}, step=2, is_best=False)
     assert events[:4] == ["rename previous.pt", "fsync file", "rename last.pt", "fsync dir"]
+
+
+@pytest.mark.parametrize("path", [{"foreach": False}, {"foreach": True}, {"fused": True}])
+def test_novograd_judges_a_step_from_the_layer_norms_it_computes_anyway(path: dict) -> None:
+    """step(nonfinite=flag): skipped, weights and state untouched (a layer's first step included), when the flag is
+    set or a gradient is not finite; applied, as without the argument, otherwise (the negative control)."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64)), torch.nn.Parameter(torch.randn(3))]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    optimizer, plain = NovoGrad(params, lr=0.1, **path), NovoGrad(reference, lr=0.1, **path)
+    clear, raised = torch.zeros(()), torch.ones(())
+    for grads, flag, skipped in (([1.0, float("nan")], clear, True), ([1.0, 2.0], raised, True),
+                                 ([1.0, 2.0], clear, False), ([float("inf"), 2.0], clear, True),
+                                 ([0.5, 3.0], clear, False)):
+        for p, q, g in zip(params, reference, grads):
+            p.grad, q.grad = torch.full_like(p, g), torch.full_like(q, g)
+        before = [p.detach().clone() for p in params]
+        state_before = {id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in optimizer.state}
+        optimizer.step(nonfinite=flag, max_grad_norm=10.0)
+        assert optimizer.skipped is skipped
+        if skipped:
+            assert all(torch.equal(p, b) for p, b in zip(params, before))
+            assert {id(p): {k: v for k, v in optimizer.state[p].items()} for p in optimizer.state}.keys() == \
+                state_before.keys()
+        else:
+            plain.step(max_grad_norm=10.0)
+            assert all(torch.equal(p, q) for p, q in zip(params, reference))
+    assert not all(torch.equal(p, b) for p, b in zip(params, before))

@@ -1,14 +1,15 @@
 """Non-finite steps: found before the optimizer applies them, never applied, never saved.
 
-Every optimizer step is checked on the device: the loss and the global gradient norm (the one gradient clipping
-computes anyway, else one `get_total_norm` pass) must be finite on every rank, which a MAX all-reduce of the flag
-makes all ranks agree on. A flagged step is not applied: the weights, the optimizer state and the model's buffers
+Every optimizer step is checked on the device: the loss and the global gradient norm must be finite on every rank,
+which a MAX all-reduce of the flag makes all ranks agree on. The norm is one a step computes anyway where there is
+one: NovoGrad's layer norms (`NovoGrad.step(nonfinite=...)` judges them ahead of its update), gradient clipping's
+global norm, GradScaler's `found_inf` in fp16; only other optimizers without clipping pay a `get_total_norm` pass. A flagged step is not applied: the weights, the optimizer state and the model's buffers
 (BatchNorm statistics, which the forward pass already moved) stay as they were; its batch is consumed and the
 learning-rate schedule advances, as under fp16's dynamic loss scaling, whose skipped steps are the same thing.
 torch's fused optimizers (SGD/Adam/AdamW with `fused=True`) take GradScaler's `found_inf` protocol and skip on the
 device, so the flag is read on the host only every `trainer.log_every_steps` and before evaluations and
-checkpoints; any other optimizer (NovoGrad included) needs it on the host before its step (one read per step, as
-GradScaler makes for it in fp16), and then a step that was applied costs no further work.
+checkpoints; NovoGrad and any other optimizer read it on the host before updating (one read per step, the one
+GradScaler makes for them in fp16), and then a step that was applied costs no further work.
 
 Then `trainer.nonfinite` decides (`NonFinitePolicy`):
 - `skip` (default): go on, up to `trainer.max_consecutive_skips` skipped steps in a row, then end as diverged;
@@ -73,9 +74,12 @@ class NonFinitePolicy:
             raise ValueError("trainer.max_consecutive_skips must be >= 1 and trainer.max_rewinds >= 0.")
 
 
-def nonfinite_flag(loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
-    """1.0 (fp32, on the device) when this rank's loss or the gradient norm is not finite on any rank, else 0.0."""
-    ok = torch.isfinite(loss_sum.to(grad_norm.device)) & torch.isfinite(grad_norm)
+def nonfinite_flag(loss_sum: torch.Tensor, grad_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """1.0 (fp32, on the device) when this rank's loss or the gradient norm (if given) is not finite on any rank,
+    else 0.0."""
+    ok = torch.isfinite(loss_sum)
+    if grad_norm is not None:
+        ok = ok.to(grad_norm.device) & torch.isfinite(grad_norm)
     return all_reduce_max((~ok).float())
 
 

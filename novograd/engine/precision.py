@@ -68,6 +68,12 @@ class Precision:
             self.scaler.step(optimizer, **step_kwargs)
             self.scaler.update()
             skipped = (self.scaler._scale < scale_before).float()  # type: ignore[operator]
+        elif getattr(optimizer, "skips_nonfinite_in_step", False):
+            # NovoGrad judges the gradients from the layer norms it computes anyway; the loss is this guard's.
+            loss_flag = nonfinite_flag(loss_sum)
+            optimizer.step(nonfinite=loss_flag, **step_kwargs)
+            skipped_known = bool(optimizer.skipped)  # type: ignore[attr-defined]
+            skipped = loss_flag.new_tensor(float(skipped_known))
         else:
             params = list(params)
             if clip_norm is not None and not in_step_clip:

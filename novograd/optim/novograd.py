@@ -112,6 +112,8 @@ class NovoGrad(Optimizer):
     _step_supports_amp_scaling = True
     # step(max_grad_norm=...) clips the global gradient norm; the engine's Precision.step hands clipping over.
     clips_grad_norm_in_step = True
+    # step(nonfinite=...) skips a non-finite step from the layer norms it computes anyway (the engine's guard).
+    skips_nonfinite_in_step = True
 
     def __init__(
         self,
@@ -157,12 +159,15 @@ class NovoGrad(Optimizer):
         super().__init__(params, defaults)
         # The global gradient norm before clipping, set by every step(max_grad_norm=...).
         self.grad_norm: Tensor | None = None
+        # Whether the last step(nonfinite=...) skipped its update.
+        self.skipped = False
         # ids of the parameters whose state this step created (see _init_group).
         self._fresh: set[int] = set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("grad_norm", None)
+        self.__dict__.setdefault("skipped", False)
         self.__dict__.setdefault("_fresh", set())
         for group in self.param_groups:
             for key in ("foreach", "fused"):
@@ -227,7 +232,7 @@ class NovoGrad(Optimizer):
         return has_sharded
 
     @torch.no_grad()
-    def step(self, closure=None, *, max_grad_norm: float | None = None):
+    def step(self, closure=None, *, max_grad_norm: float | None = None, nonfinite: Tensor | None = None):
         """Perform a single optimisation step.
 
         Args:
@@ -238,6 +243,10 @@ class NovoGrad(Optimizer):
                 norm before clipping (of the unscaled gradients under GradScaler) is left in ``self.grad_norm``,
                 as clip_grad_norm_ returns it. On CPU the compiled path then takes all layer norms before the
                 first update, so a gradient is read twice from memory instead of once from cache.
+            nonfinite: skip non-finite steps: the step is not applied (weights and state untouched) when this
+                flag of the caller's is set (e.g. a non-finite loss) or the global norm of the gradients is not
+                finite, judged from the layer norms the step computes anyway, ahead of the update: no pass of its
+                own, one host read. ``self.skipped`` tells whether it skipped.
 
         Under ``torch.amp.GradScaler``, ``scaler.step(optimizer, max_grad_norm=...)`` passes the argument on and
         sets ``grad_scale`` / ``found_inf`` on the optimizer: the layer norms are divided by the scale, and a
@@ -270,16 +279,28 @@ class NovoGrad(Optimizer):
             self._init_group(group, *lists)
             groups.append((group, _buckets(*lists, amsgrad=group["amsgrad"])))
         buckets = [bucket for _, group_buckets in groups for bucket in group_buckets]
-        if max_grad_norm is not None or any(bucket.shard_groups for bucket in buckets):
+        norms_first = max_grad_norm is not None or nonfinite is not None
+        if norms_first or any(bucket.shard_groups for bucket in buckets):
             _set_layer_norms([(bucket, bool(group["fused"])) for group, group_buckets in groups
                               for bucket in group_buckets])
-        grad_factor = inv_scale
-        if max_grad_norm is not None:
+        grad_factor, total_norm = inv_scale, None
+        if norms_first:
             norms = [norm for bucket in buckets for norm in bucket.grad_norms]
             device = norms[0].device if norms else torch.device("cpu")
-            self.grad_norm = _unscaled(
+            total_norm = _unscaled(
                 torch.linalg.vector_norm(torch.stack([norm.to(device) for norm in norms])) if norms
                 else torch.zeros((), device=device), inv_scale)
+        if nonfinite is not None:
+            self.skipped = bool(((nonfinite.to(total_norm.device) > 0) | ~torch.isfinite(total_norm)).item())
+            if self.skipped:  # before any update: the state this step created goes too, so nothing is touched
+                for param in [p for group in self.param_groups for p in group["params"] if id(p) in self._fresh]:
+                    del self.state[param]
+                self._fresh.clear()
+                if max_grad_norm is not None:
+                    self.grad_norm = total_norm
+                return loss
+        if max_grad_norm is not None:
+            self.grad_norm = total_norm
             clip_coef = torch.clamp(max_grad_norm / (self.grad_norm + _CLIP_EPS), max=1.0)
             grad_factor = clip_coef if inv_scale is None else clip_coef * inv_scale.to(clip_coef.device)
         for group, group_buckets in groups:
