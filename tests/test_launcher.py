@@ -238,7 +238,7 @@ def test_a_sweep_through_make_runs_each_job(tmp_path: Path) -> None:
     result = subprocess.run([*command, f"UV={env['UV']}"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    summaries = sorted(sweep.glob("*/summary.json"))
+    summaries = sorted(sweep.rglob("summary.json"))  # each job in the directory its overrides name
     assert len(summaries) == 2, sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
     lrs = sorted(OmegaConf.load(path.with_name("config.yaml")).optimizer.lr for path in summaries)
     assert lrs == [0.01, 0.02]

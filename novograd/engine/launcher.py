@@ -254,7 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (DEFAULTS | thread_defaults(argv)).items():
         os.environ.setdefault(name, value)
     argv, max_restarts = without_max_restarts(argv)
-    return run_with_restarts(torchrun, ["--max-restarts=0", *argv], max_restarts)
+    status = run_with_restarts(torchrun, ["--max-restarts=0", *argv], max_restarts)
+    # The job's end is decided: a late signal (a scheduler's second SIGTERM) would otherwise meet torchrun's
+    # handler, still installed, and raise inside the interpreter's shutdown, printing a traceback after the verdict.
+    for name in DEFAULTS["PET_SIGNALS_TO_HANDLE"].split(","):
+        signal.signal(signal.Signals[name], signal.SIG_IGN)
+    return status
 
 
 if __name__ == "__main__":
