@@ -333,3 +333,36 @@ def test_novograd_judges_a_step_from_the_layer_norms_it_computes_anyway(path: di
             plain.step(max_grad_norm=10.0)
             assert all(torch.equal(p, q) for p, q in zip(params, reference))
     assert not all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_a_damaged_last_checkpoint_never_becomes_previous(tmp_path: Path) -> None:
+    """After a resume fell back to previous.pt, the next save keeps that good file as previous.pt instead of
+    rotating the damaged last.pt into its place; a last.pt this process never read (a run started afresh over an
+    earlier one) is not kept as a fallback either."""
+    first = CheckpointManager(tmp_path, keep_last_k=0)
+    for step in (1, 2):
+        first.save({"progress": {"step": step}}, step=step, is_best=False)
+    first.last_path.write_bytes(first.last_path.read_bytes()[:10])
+    resumed = CheckpointManager(tmp_path, keep_last_k=0)
+    assert resumed.load_last()["progress"]["step"] == 1 and resumed.latest == (resumed.previous_path, 1)
+    resumed.save({"progress": {"step": 2}}, step=2, is_best=False)
+    assert torch.load(resumed.previous_path, weights_only=False)["progress"]["step"] == 1
+
+    afresh = CheckpointManager(tmp_path, keep_last_k=0)  # trainer.resume=false: last.pt is not read
+    afresh.save({"progress": {"step": 1}}, step=1, is_best=False)
+    assert torch.load(afresh.previous_path, weights_only=False)["progress"]["step"] == 1  # still the old previous
+    afresh.save({"progress": {"step": 2}}, step=2, is_best=False)
+    assert torch.load(afresh.previous_path, weights_only=False)["progress"]["step"] == 1  # this run's step 1
+
+
+def test_the_launcher_runs_torchrun_without_restarts_and_counts_them_itself() -> None:
+    from novograd.engine.launcher import without_max_restarts
+
+    row = ["-m", "novograd.train", "experiment=x", "--max-restarts=9"]  # the script's own arguments stay its own
+    argv, restarts = without_max_restarts(["--standalone", "--max-restarts", "5", *row])
+    assert restarts == 5 and argv == ["--standalone", "--max-restarts", "5", "-m", "--max-restarts=0", *row[1:]]
+    from torch.distributed.run import get_args_parser
+
+    assert get_args_parser().parse_args(argv).max_restarts == 0  # the last occurrence is torchrun's
+    with pytest.raises(SystemExit, match="whole number >= 0"):
+        without_max_restarts(["--max-restarts=-1", *row])

@@ -66,20 +66,21 @@ def _handed_over(batch: Any, ready: torch.cuda.Event | None, device: torch.devic
     if ready is not None:
         current = torch.cuda.current_stream(device)
         current.wait_event(ready)
-        for tensor in _tensors(batch):
+        for tensor in tensors_in(batch):
             tensor.record_stream(current)
     return batch
 
 
-def _tensors(batch: Any) -> Iterator[torch.Tensor]:
-    if isinstance(batch, torch.Tensor):
-        yield batch
-    elif isinstance(batch, dict):
-        for value in batch.values():
-            yield from _tensors(value)
-    elif isinstance(batch, (list, tuple)):
-        for value in batch:
-            yield from _tensors(value)
+def tensors_in(nested: Any) -> Iterator[torch.Tensor]:
+    """Every tensor of `nested` (a batch, a state: tensors in dicts, lists and tuples)."""
+    if isinstance(nested, torch.Tensor):
+        yield nested
+    elif isinstance(nested, dict):
+        for value in nested.values():
+            yield from tensors_in(value)
+    elif isinstance(nested, (list, tuple)):
+        for value in nested:
+            yield from tensors_in(value)
 
 
 class DataWait:

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from novograd.engine.batches import tensors_in
+
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
 BEST = "best.pt"
@@ -57,15 +59,9 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _tensor_bytes(obj: Any) -> int:
-    """Bytes of the tensors in a nested state (what a checkpoint of it needs on disk, to within its metadata)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(value) for value in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(value) for value in obj)
-    return 0
+def _tensor_bytes(state: Any) -> int:
+    """Bytes of the tensors of `state` (what a checkpoint of it needs on disk, to within its metadata)."""
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors_in(state))
 
 
 def _is_no_space(error: BaseException) -> bool:
@@ -122,8 +118,9 @@ class CheckpointManager:
             raise ValueError(f"trainer.keep_last_k must be >= 0, got {keep_last_k}.")
         self.directory = directory
         self.keep_last_k = keep_last_k
-        self.loaded_path: Path | None = None  # the file `load_last` read: last.pt, or previous.pt after damage
-        self.last_step: int | None = None  # the step of last.pt, where this process wrote or read it
+        # The newest readable checkpoint this process wrote or read, and its step: last.pt, or previous.pt when
+        # last.pt was damaged; None before either.
+        self.latest: tuple[Path, int] | None = None
         self.remove_stale_temporaries()
 
     def remove_stale_temporaries(self) -> None:
@@ -150,17 +147,20 @@ class CheckpointManager:
         """Write `state` as `last.pt`, keeping the checkpoint it replaces as `previous.pt`; link it as `best.pt`
         and `step_<step>.pt` when asked; prune old steps."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.last_path.exists() and self.last_step != step:  # a second save of a step keeps the older one
-            # Before the new file exists: a failed save leaves last.pt as it was, a successful one leaves both.
+        # Only a last.pt known to be good, of another step, becomes previous.pt: not a damaged one a resume fell back
+        # from, not one of an earlier run started afresh, not the same step saved twice. Linked before the new file
+        # exists, so a failed save leaves last.pt as it was and a successful one leaves both.
+        if self.latest is not None and self.latest[0] == self.last_path and self.latest[1] != step:
             _atomic_link(self.last_path, self.previous_path)
         atomic_save(state, self.last_path)
-        self.last_step = step
+        self.latest = (self.last_path, step)
         if is_best:
             _atomic_link(self.last_path, self.directory / BEST)
         if self.keep_last_k:
             _atomic_link(self.last_path, self.directory / f"step_{step:08d}.pt")
             self._prune()
-        _fsync_directory(self.directory)
+        if is_best or self.keep_last_k:
+            _fsync_directory(self.directory)  # the links (atomic_save made last.pt's rename durable)
         return self.last_path
 
     def _prune(self) -> None:
@@ -171,7 +171,7 @@ class CheckpointManager:
     def load_last(self) -> dict[str, Any] | None:
         """The state of `last.pt`, or of `previous.pt` when `last.pt` cannot be read (with a warning naming both
         and their steps), or None when there is no checkpoint (a fresh run)."""
-        self.loaded_path = None
+        self.latest = None
         if not self.last_path.exists():
             return None
         try:
@@ -196,7 +196,7 @@ class CheckpointManager:
                 "again, exactly as before.", self.last_path, type(damage).__name__, damage, self.previous_path,
                 state["progress"]["step"],
             )
-            self.loaded_path = self.previous_path
+            self.latest = (self.previous_path, state["progress"]["step"])
             return state
-        self.loaded_path, self.last_step = self.last_path, state["progress"]["step"]
+        self.latest = (self.last_path, state["progress"]["step"])
         return state

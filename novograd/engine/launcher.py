@@ -14,7 +14,7 @@ and leaves the workers running without it. This launcher is torchrun (same optio
 Options given on the command line or in the environment win.
 
 A crashed worker (an exception, a kill, a lost GPU) restarts the workers of this node, which resume from the last
-checkpoint, up to `--max-restarts` times (environment `PET_MAX_RESTARTS`, default `DEFAULT_MAX_RESTARTS`), with
+checkpoint, up to `--max-restarts` times (environment `PET_MAX_RESTARTS`, default 3), with
 one line saying which rank died, how, and which restart this is. The launcher restarts torchrun itself (torchrun
 runs with `--max-restarts=0`) so that it can read why the workers ended: a failure that a restart cannot fix
 (`exit_codes.NOT_RESTARTED`: a divergence, a usage error, a full disk, an interrupt) ends the job at once with the
@@ -52,9 +52,9 @@ _INSPECTING_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
 
 log = logging.getLogger("novograd.launcher")
 
-DEFAULT_MAX_RESTARTS = 3
-
 DEFAULTS = {
+    # Restarts after a crash, counted by this launcher (`run_with_restarts`); `--max-restarts` overrides it.
+    "PET_MAX_RESTARTS": "3",
     "PET_SIGNALS_TO_HANDLE": ",".join(["SIGINT", "SIGHUP", "SIGQUIT", *(sig.name for sig in PREEMPTION_SIGNALS)]),
     "PET_SHUTDOWN_TIMEOUT": "600",
     LAUNCHER_CHECKED_ENV: "1",  # the workers need not compose the command once more before Hydra does
@@ -82,11 +82,10 @@ def exit_status(received: signal.Signals, outcome_file: Path) -> int:
         log.error("%s: the workers ended without recording a checkpoint; exiting %d.", received.name, 128 + received)
         return 128 + received
     outcome = json.loads(outcome_file.read_text())
-    if outcome.get("preempted") and received == signal.SIGINT:
-        pass  # the workers printed where they stopped and how to resume: that is the whole story
-    elif outcome.get("preempted"):
-        log.warning("%s: the workers stopped at step %s with a checkpoint in %s; exiting 0 (resume from there).",
-                    received.name, outcome["steps"], outcome["output_dir"])
+    if outcome.get("preempted"):
+        if received != signal.SIGINT:  # after Ctrl-C the workers' two lines (where, how to resume) say it all
+            log.warning("%s: the workers stopped at step %s with a checkpoint in %s; exiting 0 (resume from there).",
+                        received.name, outcome["steps"], outcome["output_dir"])
     else:
         log.warning("%s arrived as the run finished (step %s); exiting 0.", received.name, outcome["steps"])
     return 0
@@ -184,20 +183,15 @@ def check_training_command(argv: list[str]) -> str | None:
 
 
 def without_max_restarts(argv: list[str]) -> tuple[list[str], int]:
-    """`argv`'s torchrun part with its `--max-restarts` taken out, and the number of restarts it asked for
-    (else `PET_MAX_RESTARTS`, else `DEFAULT_MAX_RESTARTS`)."""
-    split = _training_args(argv)
-    end = len(split[0]) if split else len(argv)
-    kept, restarts, tokens = [], os.environ.get("PET_MAX_RESTARTS", str(DEFAULT_MAX_RESTARTS)), iter(argv[:end])
-    for token in tokens:
-        name, equals, value = token.partition("=")
-        if name in ("--max-restarts", "--max_restarts"):
-            restarts = value if equals else next(tokens, "")
-        else:
-            kept.append(token)
-    if not restarts.isdigit():
-        raise SystemExit(f"--max-restarts must be a whole number >= 0, got {restarts!r}.")
-    return kept + argv[end:], int(restarts)
+    """`argv` with `--max-restarts=0` for torchrun itself, and the restarts it asked for, as torchrun's parser reads
+    them (the command line, else `PET_MAX_RESTARTS`)."""
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if args.max_restarts < 0:
+        raise SystemExit(f"--max-restarts must be a whole number >= 0, got {args.max_restarts}.")
+    end = len(argv) - len(args.training_script_args) - 1  # torchrun's options end where the script begins
+    return [*argv[:end], "--max-restarts=0", *argv[end:]], args.max_restarts  # the last occurrence wins
 
 
 def describe_failure(failure: Any) -> str:
@@ -254,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (DEFAULTS | thread_defaults(argv)).items():
         os.environ.setdefault(name, value)
     argv, max_restarts = without_max_restarts(argv)
-    status = run_with_restarts(torchrun, ["--max-restarts=0", *argv], max_restarts)
+    status = run_with_restarts(torchrun, argv, max_restarts)
     # The job's end is decided: a late signal (a scheduler's second SIGTERM) would otherwise meet torchrun's
     # handler, still installed, and raise inside the interpreter's shutdown, printing a traceback after the verdict.
     for name in DEFAULTS["PET_SIGNALS_TO_HANDLE"].split(","):

@@ -3,8 +3,9 @@
 Every optimizer step is checked on the device: the loss and the global gradient norm must be finite on every rank,
 which a MAX all-reduce of the flag makes all ranks agree on. The norm is one a step computes anyway where there is
 one: NovoGrad's layer norms (`NovoGrad.step(nonfinite=...)` judges them ahead of its update), gradient clipping's
-global norm, GradScaler's `found_inf` in fp16; only other optimizers without clipping pay a `get_total_norm` pass. A flagged step is not applied: the weights, the optimizer state and the model's buffers
-(BatchNorm statistics, which the forward pass already moved) stay as they were; its batch is consumed and the
+global norm, GradScaler's `found_inf` in fp16; only other optimizers without clipping pay a `get_total_norm` pass.
+A flagged step is not applied: the weights, the optimizer state and the model's buffers (BatchNorm statistics,
+which the forward pass already moved) stay as they were; its batch is consumed and the
 learning-rate schedule advances, as under fp16's dynamic loss scaling, whose skipped steps are the same thing.
 torch's fused optimizers (SGD/Adam/AdamW with `fused=True`) take GradScaler's `found_inf` protocol and skip on the
 device, so the flag is read on the host only every `trainer.log_every_steps` and before evaluations and
@@ -20,7 +21,8 @@ In fp16 GradScaler keeps skipping steps with inf/NaN gradients as it always has 
 run diverges when the loss scale falls below `trainer.min_loss_scale`, as fairseq's `min_loss_scale`.
 
 A model whose weights or optimizer state are non-finite anyway (a finite but huge update overflowed) is never
-evaluated or saved: `assert_finite_state` ends the run as diverged, or rewinds.
+evaluated or saved: the trainer checks them before each evaluation and checkpoint (`any_nonfinite`) and ends the
+run as diverged, or rewinds.
 """
 
 from __future__ import annotations
@@ -162,8 +164,7 @@ class SkipCounter:
     def read(self) -> SkipCounts:
         """The counts (one host read); starts the next period."""
         skipped, consecutive, streak_start, first = (round(value) for value in self.counts.tolist())
-        self.counts[0] = 0
-        self.counts[3] = 0
+        self.counts[0::3] = 0  # the period's counts; the streak goes on
         return SkipCounts(skipped, consecutive, streak_start, first)
 
 
@@ -182,13 +183,3 @@ def any_nonfinite(tensors: Iterable[torch.Tensor], device: torch.device) -> bool
     flag = torch.stack([f.to(device) for f in flags]).any().float() if flags else torch.zeros((), device=device)
     return bool(all_reduce_max(flag).item())
 
-
-def state_tensors(state: Any) -> list[torch.Tensor]:
-    """Every tensor of a nested state (an optimizer's `state` dict)."""
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for value in state.values() for t in state_tensors(value)]
-    if isinstance(state, (list, tuple)):
-        return [t for value in state for t in state_tensors(value)]
-    return []

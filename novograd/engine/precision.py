@@ -73,7 +73,7 @@ class Precision:
             loss_flag = nonfinite_flag(loss_sum)
             optimizer.step(nonfinite=loss_flag, **step_kwargs)
             skipped_known = bool(optimizer.skipped)  # type: ignore[attr-defined]
-            skipped = loss_flag.new_tensor(float(skipped_known))
+            skipped = torch.full_like(loss_flag, float(skipped_known))  # a fill on the device, no copy to it
         else:
             params = list(params)
             if clip_norm is not None and not in_step_clip:

@@ -22,14 +22,14 @@ from torch import nn
 
 from novograd.engine import distributed
 from novograd.engine.accumulation import accumulate_gradients
-from novograd.engine.batches import DataWait, device_batches
+from novograd.engine.batches import DataWait, device_batches, tensors_in
 from novograd.engine.checkpoint import CheckpointManager
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
 from novograd.engine.exit_codes import EXIT_INTERRUPTED
 from novograd.engine.logger import RunLogger, TrainingStatus, metrics_text, summary_line
 from novograd.engine.nonfinite import (
-    BufferSnapshot, Diverged, NonFinitePolicy, Rewind, SkipCounter, any_nonfinite, state_tensors)
+    BufferSnapshot, Diverged, NonFinitePolicy, Rewind, SkipCounter, any_nonfinite)
 from novograd.engine.output_dir import ensure_writable_output_dir
 from novograd.engine.precision import Precision, enable_tf32
 from novograd.engine.preemption import PreemptionFlag, resume_instructions
@@ -76,8 +76,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             _finished_summary(output_dir) if cfg.trainer.resume and context.is_main else None
         )
         if finished is not None and finished.get("diverged"):
-            log.error("This run diverged: %s. Nothing to train. %s", output_dir / SUMMARY_FILE,
-                      diverged_message(finished))
+            if context.is_main:
+                log.error("This run diverged: %s. Nothing to train. %s", output_dir / SUMMARY_FILE,
+                          diverged_message(finished))
             return finished
         if finished is not None:
             from hydra.utils import get_class
@@ -92,7 +93,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         try:
             return trainer.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, so say which one a re-run resumes from
-            log.warning(trainer.interrupted_message())
+            if context.is_main:
+                log.warning(trainer.interrupted_message())
             raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         if owns_process_group:
@@ -232,11 +234,10 @@ class Trainer:
         self.vote = distributed.DeferredVote(num_flags=2)
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer_cfg.keep_last_k)
         self.progress = Progress()
-        self._last_checkpoint = (0, time.monotonic())  # (step, time) of the last checkpoint written or resumed
         self.wandb_run_id: str | None = None
         if trainer_cfg.resume and (state := self.checkpoints.load_last()) is not None:
             self._restore(state)
-            log.info("Resuming from step %d of %s (epoch %d).", self.progress.step, self.checkpoints.loaded_path,
+            log.info("Resuming from step %d of %s (epoch %d).", self.progress.step, self.checkpoints.latest[0],
                      self.progress.epoch)
 
         if context.is_main:
@@ -283,9 +284,9 @@ class Trainer:
         }
 
     def interrupted_message(self) -> str:
-        saved = self._last_checkpoint[0] if self.checkpoints.last_path.exists() else None
-        kept = (f"the last checkpoint is {self.checkpoints.last_path} (step {saved}); re-run the same command to "
-                "resume from it" if saved is not None else "no checkpoint was written; a re-run starts afresh")
+        latest = self.checkpoints.latest
+        kept = (f"the last checkpoint is {latest[0]} (step {latest[1]}); re-run the same command to resume from it"
+                if latest else "no checkpoint was written; a re-run starts afresh")
         return f"Interrupted at step {self.progress.step}: {kept}."
 
     def _save_checkpoint(self, is_best: bool = False) -> None:
@@ -302,7 +303,7 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         if state["batch_size"] != self.cfg.trainer.batch_size:
             raise ValueError(
-                f"{self.checkpoints.loaded_path} was trained with trainer.batch_size={state['batch_size']}, not "
+                f"{self.checkpoints.latest[0]} was trained with trainer.batch_size={state['batch_size']}, not "
                 f"{self.cfg.trainer.batch_size}: resume with the same batch size, or choose a new trainer.output_dir."
             )
         self.model.load_state_dict(state["model"])
@@ -351,12 +352,13 @@ class Trainer:
         """Before an evaluation or a checkpoint: no pending non-finite step, finite weights, buffers and
         optimizer state (a finite update can still overflow them)."""
         self._check_skips()
-        tensors = [*self.model.parameters(), *self.model.buffers(), *state_tensors(self.optimizer.state)]
+        tensors = [*self.model.parameters(), *self.model.buffers(), *tensors_in(self.optimizer.state)]
         if any_nonfinite(tensors, self.context.device):
-            reason = "the weights or the optimizer state are no longer finite (an update overflowed)"
-            if self.nonfinite.policy == "rewind":
-                raise Rewind(self.progress.step, reason)
-            raise Diverged(self.progress.step, reason)
+            raise self._nonfinite_now("the weights or the optimizer state are no longer finite (an update overflowed)")
+
+    def _nonfinite_now(self, reason: str) -> Rewind | Diverged:
+        """What a non-finite model at this step leads to: a rewind under `trainer.nonfinite=rewind`, else the end."""
+        return (Rewind if self.nonfinite.policy == "rewind" else Diverged)(self.progress.step, reason)
 
     def _rewind(self, rewind: Rewind) -> None:
         """Back to the last checkpoint, then past every batch up to step `rewind.step`: their updates are dropped
@@ -379,7 +381,7 @@ class Trainer:
         self._window.reset()
         log.warning("step %d: %s; rewound to step %d of %s and moved past the batches up to step %d "
                     "(rewind %d of at most %d)", rewind.step, rewind.reason, resumed_from,
-                    self.checkpoints.loaded_path, rewind.step, rewinds, policy.max_rewinds)
+                    self.checkpoints.latest[0], rewind.step, rewinds, policy.max_rewinds)
 
     # ---------------------------------------------------------------------------------------------- evaluation
     def _evaluate(self, final: bool = False) -> bool:
@@ -394,8 +396,8 @@ class Trainer:
         )
         progress = self.progress
         if nonfinite := sorted(name for name, value in metrics.items() if not math.isfinite(value)):
-            reason = f"the evaluation gave {', '.join(f'{n}={metrics[n]}' for n in nonfinite)} (the outputs overflow)"
-            raise Rewind(progress.step, reason) if self.nonfinite.policy == "rewind" else Diverged(progress.step, reason)
+            raise self._nonfinite_now(
+                f"the evaluation gave {', '.join(f'{n}={metrics[n]}' for n in nonfinite)} (the outputs overflow)")
         progress.last_eval_step = progress.step
         progress.last_metrics = metrics
         improved = False
@@ -482,7 +484,8 @@ class Trainer:
             self.logger.write_summary(summary)
         self.logger.close()
         if diverged:
-            log.error(diverged_message(summary))
+            if self.context.is_main:
+                log.error(diverged_message(summary))
             return summary
         if stop_reason and self.context.is_main:
             log.warning(resume_instructions(stop_reason, self.progress.step, self.total_steps,
@@ -612,17 +615,13 @@ class Trainer:
         }
 
     def _diverged_summary(self, error: Diverged) -> dict[str, Any]:
-        """A diverged run's record: where and why, the last finite checkpoint, and no metric (never scored)."""
-        last = self.checkpoints.last_path
-        last_step = None
-        if last.exists():
-            from novograd.engine.checkpoint import load_checkpoint
-
-            last_step = load_checkpoint(last)["progress"]["step"] if self.context.is_main else None
+        """A diverged run's record: where and why, the last finite checkpoint (rank 0 wrote or read it: every
+        checkpoint is finite), and no metric (never scored)."""
+        latest = self.checkpoints.latest
         return {
             "diverged": True, "diverged_at_step": error.step, "stop_reason": "diverged",
             "diverged_reason": error.reason, "precision": self.precision.mode,
-            "last_checkpoint": str(last) if last_step is not None else None, "last_checkpoint_step": last_step,
+            "last_checkpoint": str(latest[0]) if latest else None, "last_checkpoint_step": latest[1] if latest else None,
         } | self._run_facts()
 
 
