@@ -70,6 +70,7 @@ def main() -> None:
     if dist.get_rank() == 0:
         with open(sys.argv[1], "w") as out:
             json.dump(gathered, out)
+    dist.barrier()  # no rank tears gloo down while another still uses it (it aborted a run once: "terminate called")
     dist.destroy_process_group()
 
 
