@@ -276,6 +276,9 @@ class Jasper(nn.Module):
     prologue (T' likewise from T). Padded input frames may hold any finite values.
     """
 
+    # The units a sharded run shards one by one (FSDP2's fully_shard): a residual block.
+    block_types = (JasperBlock,)
+
     def __init__(
         self,
         in_features: int = 64,

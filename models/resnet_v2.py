@@ -70,6 +70,9 @@ class PreActResNet(nn.Module):
             identity (Goyal et al. 2017). Off by default: the paper used no such tricks.
     """
 
+    # The units a sharded run shards one by one (FSDP2's fully_shard): a residual bottleneck.
+    block_types = (PreActBottleneck,)
+
     def __init__(
         self,
         num_classes: int = 1000,

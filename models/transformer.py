@@ -186,13 +186,16 @@ class DecoderLayer(TransformerLayer):
     cross_attention = True
 
     def forward(
-        self, x: Tensor, memory_kv: KeysValues, src_mask: Tensor, past_kv: KeysValues | None = None
+        self, x: Tensor, memory: Tensor | KeysValues, src_mask: Tensor, past_kv: KeysValues | None = None
     ) -> tuple[Tensor, KeysValues]:
         """Returns the layer's output and its self-attention keys/values (the past ones followed by x's).
 
-        Without `past_kv`, x is a whole target prefix and self-attention is causal. With it, x is the one next
-        position, which may attend to every cached one, so no mask is needed.
+        `memory`: the encoder output, projected to keys/values here (teacher forcing: inside the layer's forward,
+        where a sharded run has gathered its weights), or those keys/values already projected (incremental decoding
+        projects them once per sentence). Without `past_kv`, x is a whole target prefix and self-attention is
+        causal. With it, x is the one next position, which may attend to every cached one, so no mask is needed.
         """
+        memory_kv = self.cross_attn.project_keys_values(memory) if isinstance(memory, Tensor) else memory
         h = self.sublayer_input(x, self.self_attn_norm)
         keys, values = self.self_attn.project_keys_values(h)
         if past_kv is not None:
@@ -254,6 +257,9 @@ class Transformer(nn.Module):
         layer_norm_eps: every LayerNorm's epsilon (1e-5: fairseq and the authors' NovoGrad config; OpenSeq2Seq's
             default and their Adam config, 1e-6).
     """
+
+    # The units a sharded run shards one by one (FSDP2's fully_shard): an encoder or decoder layer.
+    block_types = (TransformerLayer,)
 
     def __init__(
         self,
@@ -329,7 +335,7 @@ class Transformer(nn.Module):
         src_mask = self._attention_mask(src_pad_mask)
         x = self.embed(tgt_input)
         for layer in self.decoder_layers:
-            x, _ = layer(x, layer.cross_attn.project_keys_values(memory), src_mask)
+            x, _ = layer(x, memory, src_mask)
         return self.output_logits(x)
 
     def forward(self, src_tokens: Tensor, tgt_input: Tensor) -> Tensor:

@@ -269,6 +269,9 @@ class TransformerXL(nn.Module):
     between training and evaluation (Transformer-XL evaluates with longer memory than it trains with).
     """
 
+    # The units a sharded run shards one by one (FSDP2's fully_shard): a decoder layer.
+    block_types = (TransformerXLLayer,)
+
     def __init__(
         self,
         vocab_size: int,

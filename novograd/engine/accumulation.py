@@ -4,18 +4,19 @@ The workload's loss is a sum over terms (examples or tokens). Each micro-batch b
 `loss_sum * world_size / global_count`, where `global_count` is the batch plan's count of the whole optimizer
 step (all micro-batches on all ranks, known before any data is loaded); DDP then averages over ranks (the division
 by `world_size` cancels the factor), so the accumulated gradient is exactly the gradient of the global mean loss,
-whatever the split. DDP synchronises gradients once per optimizer step: `no_sync` covers every micro-batch but the
-last.
+whatever the split (FSDP2 averages its reduce-scatter the same way). Gradients are synchronised once per optimizer
+step, in the last micro-batch's backward (`parallel.gradient_sync`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from novograd.engine.parallel import gradient_sync
 
 if TYPE_CHECKING:
     from novograd.engine.precision import Precision
@@ -53,7 +54,7 @@ def accumulate_gradients(
     """Forward and backward `num_micro_batches` micro-batches drawn one at a time from `micro_batches` (a step is
     never held in memory at once); returns this rank's summed loss (detached).
 
-    `model` is the DDP-wrapped (or bare) module; its gradients hold the global-batch mean gradient on return.
+    `model` is the DDP-wrapped, FSDP2-sharded (or bare) module; its gradients hold the global-batch mean gradient on return.
     `loss(model, batch)` is the workload's summed loss (`Workload.loss`): accumulation needs nothing else of the
     workload, so this module stays below `novograd.workload` (whose batch plans use `accumulation_steps`).
     """
@@ -62,8 +63,7 @@ def accumulate_gradients(
     last = num_micro_batches - 1
     for index in range(num_micro_batches):
         batch = next(micro_batches)
-        sync = contextlib.nullcontext() if index == last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
+        with gradient_sync(model, enabled=index == last):
             with precision.autocast():
                 loss_sum = loss(model, batch)
             precision.backward(loss_sum.float() * scale)

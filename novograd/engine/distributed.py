@@ -66,16 +66,23 @@ def _torchrun_environment_from_slurm() -> None:
     )
 
 
-def init_distributed(requested_device: str) -> DistributedContext:
-    """Join the process group torchrun (or SLURM) describes in the environment, or run alone when none does."""
+def init_distributed(requested_device: str, group_alone: bool = False) -> DistributedContext:
+    """Join the process group torchrun (or SLURM) describes in the environment, or run alone when none does;
+    `group_alone`: alone, still make a process group of one (FSDP2 shards over a process group, even of one rank,
+    and a run sharded on N ranks resumes on one through it)."""
     _torchrun_environment_from_slurm()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = select_device(requested_device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    if not dist.is_initialized() and (world_size > 1 or group_alone):
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        device_id = device if device.type == "cuda" else None
+        if world_size > 1:
+            dist.init_process_group(backend=backend, device_id=device_id)
+        else:  # no rendezvous to make: an in-memory store of one
+            dist.init_process_group(backend=backend, device_id=device_id, store=dist.HashStore(), rank=0,
+                                    world_size=1)
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from novograd.engine.distributed import all_reduce_max
+from novograd.optim.sharded import local
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -80,7 +81,8 @@ def nonfinite_flag(loss_sum: torch.Tensor, grad_norm: torch.Tensor | None = None
     """1.0 (fp32, on the device) when this rank's loss or the gradient norm (if given) is not finite on any rank,
     else 0.0."""
     ok = torch.isfinite(loss_sum)
-    if grad_norm is not None:
+    if grad_norm is not None:  # a norm of sharded gradients is a replicated DTensor: its local value is the whole
+        grad_norm = local(grad_norm)
         ok = ok.to(grad_norm.device) & torch.isfinite(grad_norm)
     return all_reduce_max((~ok).float())
 
@@ -178,8 +180,8 @@ class SkipCounts:
 
 def any_nonfinite(tensors: Iterable[torch.Tensor], device: torch.device) -> bool:
     """Whether any floating tensor of `tensors` holds an inf or a NaN on any rank (one host read; exact, unlike a
-    norm, which overflows for large finite values)."""
-    flags = [~torch.isfinite(t.detach()).all() for t in tensors if t.is_floating_point()]
+    norm, which overflows for large finite values). Each rank checks its own shard of a sharded tensor."""
+    flags = [~torch.isfinite(local(t).detach()).all() for t in tensors if t.is_floating_point()]
     flag = torch.stack([f.to(device) for f in flags]).any().float() if flags else torch.zeros((), device=device)
     return bool(all_reduce_max(flag).item())
 

@@ -20,10 +20,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from novograd.engine import distributed
+from novograd.engine import distributed, parallel
 from novograd.engine.accumulation import accumulate_gradients
 from novograd.engine.batches import DataWait, device_batches, tensors_in
-from novograd.engine.checkpoint import CheckpointManager
+from novograd.engine.checkpoint import CheckpointManager, load_shards
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
 from novograd.engine.exit_codes import EXIT_INTERRUPTED
@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate as `cfg` says; returns the summary (`preempted: True` when stopped early). A run whose
     output directory holds a finished run trains nothing and returns that run's summary."""
     owns_process_group = not torch.distributed.is_initialized()
-    context = distributed.init_distributed(cfg.trainer.device)
+    context = distributed.init_distributed(cfg.trainer.device, group_alone=cfg.trainer.parallelism == "fsdp")
     if not context.is_main:
         logging.getLogger("novograd").setLevel(logging.WARNING)  # one rank reports; the others only warn
     try:
@@ -183,11 +183,17 @@ class Trainer:
                 raise ValueError("trainer.sync_bn=true needs CUDA devices (torch's SyncBatchNorm runs only there); "
                                  "on the CPU keep trainer.sync_bn=false (BatchNorm statistics per micro-batch).")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model  # the bare module: checkpoints and evaluation
+        if trainer_cfg.parallelism not in parallel.PARALLELISMS:
+            raise ValueError(f"trainer.parallelism must be one of {', '.join(parallel.PARALLELISMS)}, got "
+                             f"{trainer_cfg.parallelism!r}.")
+        self.sharded = trainer_cfg.parallelism == "fsdp"
+        if self.sharded:  # before the optimizer is built: it holds the shards
+            parallel.shard_model(model, trainer_cfg.precision)
+        self.model = model  # the bare (or sharded) module: checkpoints and evaluation
         self.optimizer = build_optimizer(cfg.optimizer, model)
         self.eval_model = torch.compile(model) if trainer_cfg.compile else model
         self.train_model: nn.Module = self.eval_model
-        if context.is_distributed:
+        if context.is_distributed and not self.sharded:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.eval_model,
                 device_ids=[context.local_rank] if context.device.type == "cuda" else None,
@@ -232,10 +238,10 @@ class Trainer:
         )
         # Preemption signals and time-based checkpoints are decided by all ranks together (a collective to create).
         self.vote = distributed.DeferredVote(num_flags=2)
-        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer_cfg.keep_last_k)
+        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer_cfg.keep_last_k, context.is_main)
         self.progress = Progress()
         self.wandb_run_id: str | None = None
-        if trainer_cfg.resume and (state := self.checkpoints.load_last()) is not None:
+        if trainer_cfg.resume and (state := self._load_last()) is not None:
             self._restore(state)
             log.info("Resuming from step %d of %s (epoch %d).", self.progress.step, self.checkpoints.latest[0],
                      self.progress.epoch)
@@ -270,10 +276,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
-        """Everything a resumed run needs; the generator states of all ranks are gathered here (a collective)."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+        """Everything a resumed run needs but a sharded model's and optimizer's state (`_shards`); the generator
+        states of all ranks are gathered here (a collective)."""
+        unsharded = {} if self.sharded else {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return unsharded | {
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.scaler.state_dict(),
             "progress": asdict(self.progress),
@@ -294,11 +300,23 @@ class Trainer:
         started = time.perf_counter()
         self.progress.elapsed_s = self._elapsed()
         state = self._state()
-        if self.context.is_main:
-            self.checkpoints.save(state, self.progress.step, is_best)
+        shards = None
+        if self.sharded:  # rank 0's buffers, as DDP saves them (DCP writes each replicated tensor from any one rank)
+            parallel.sync_buffers(self.model)
+            shards = parallel.sharded_state(self.model, self.optimizer)
+        self.checkpoints.save(state, self.progress.step, is_best, shards)
         distributed.barrier()
         self.progress.paused_s += time.perf_counter() - started
         self._last_checkpoint = (self.progress.step, time.monotonic())
+
+    def _load_last(self) -> dict[str, Any] | None:
+        """The last checkpoint's state (checkpoint.py), its shards already loaded into a sharded model."""
+        return self.checkpoints.load_last(self._load_shards if self.sharded else None)
+
+    def _load_shards(self, directory: Path) -> None:
+        state = parallel.sharded_state(self.model, self.optimizer)
+        load_shards(state, directory)
+        parallel.load_sharded_state(self.model, self.optimizer, state)
 
     def _restore(self, state: dict[str, Any]) -> None:
         if state["batch_size"] != self.cfg.trainer.batch_size:
@@ -306,8 +324,9 @@ class Trainer:
                 f"{self.checkpoints.latest[0]} was trained with trainer.batch_size={state['batch_size']}, not "
                 f"{self.cfg.trainer.batch_size}: resume with the same batch size, or choose a new trainer.output_dir."
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not self.sharded:  # a sharded model's state was loaded with the file (_load_last)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
@@ -367,7 +386,7 @@ class Trainer:
         if rewinds > policy.max_rewinds:
             raise Diverged(rewind.step, f"{rewind.reason}, after {policy.max_rewinds} rewinds "
                                         f"(trainer.max_rewinds={policy.max_rewinds})")
-        state = self.checkpoints.load_last()
+        state = self._load_last()
         if state is None:
             raise Diverged(rewind.step, f"{rewind.reason}, with no checkpoint to rewind to")
         self._restore(state)
@@ -389,11 +408,14 @@ class Trainer:
         improved."""
         self._check_state()  # a non-finite model is never scored
         started, train_s = time.perf_counter(), self._elapsed() - self.progress.paused_s
-        metrics = evaluate(
-            self.workload, self.eval_model, self.eval_loaders,
-            lambda loader: device_batches(loader, self.context.device, self.channels_last, self.workload.on_device),
-            self.precision, self.context.device, final,
-        )
+        if self.sharded:
+            parallel.sync_buffers(self.model)  # every rank evaluates the model a checkpoint keeps
+        with parallel.gathered(self.model):
+            metrics = evaluate(
+                self.workload, self.eval_model, self.eval_loaders,
+                lambda loader: device_batches(loader, self.context.device, self.channels_last, self.workload.on_device),
+                self.precision, self.context.device, final,
+            )
         progress = self.progress
         if nonfinite := sorted(name for name, value in metrics.items() if not math.isfinite(value)):
             raise self._nonfinite_now(
