@@ -15,6 +15,15 @@ by PIL's `convert("RGB")` as before. The crop and resize then run on the uint8 t
 kernels, about 2.4x PIL's resize per core); they round to uint8 with a different fixed-point arithmetic than PIL's,
 so a few per cent of pixels differ from a PIL resize by one level (tests/test_imagenet.py measures it).
 
+`decode="gpu"` (`data.decode=gpu`, for nodes with few cores per GPU) moves the decode to the device as well: workers
+only read each three-channel JPEG's bytes and draw its crop and flip, from the same per-sample generator and in the
+same order as the CPU path's transform, and hand over `EncodedImage`s; `decode_on_device` decodes a batch of them
+with nvJPEG (`torchvision.io.decode_jpeg` on a list, batched) and crops, resizes and flips each image on the device
+with the same torchvision functions. The data order and the crops do not depend on where decoding runs, so a resume
+stays exact; on the CPU device the images are those of the CPU path bit for bit (tests/test_imagenet.py). Files
+nvJPEG is not given (greyscale and CMYK JPEGs, the PNG named .JPEG: PIL's header says so) are decoded and cropped
+in the worker as before and join the batch as finished tensors.
+
 The engine builds the DataLoaders (distributed sampler, workers, pinned memory) from these datasets; nothing here
 knows about processes.
 """
@@ -24,6 +33,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +46,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPARE_COMMAND = "make prepare-imagenet ARCHIVES=/path/to/archives IMAGENET_ROOT={root}"
 EXPECTED_LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"
+DECODE_CHOICES = ("cpu", "gpu")
 
 
 class UnreadableImageError(UnreadableFileError):
@@ -46,21 +57,54 @@ class LabelledImage(NamedTuple):
     """One example, and (collated by `default_collate`, which keeps the type) a batch of them."""
 
     #: uint8 (3, H, W), or (N, 3, H, W) collated; `normalize_images` makes the model's float input of a batch.
-    image: torch.Tensor
+    #: Under decode="gpu": an `EncodedImage`, collated into a list (with the tensors of files decoded in the worker)
+    #: that `decode_on_device` turns into the (N, 3, H, W) batch.
+    image: torch.Tensor | EncodedImage | list[torch.Tensor | EncodedImage]
     label: int | torch.Tensor
     #: The file at this index could not be read (`data.skip_corrupt=true`): `image` and `label` are the next
     #: readable example's, which training uses and evaluation leaves unscored.
     skipped: bool | torch.Tensor
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """A JPEG the worker read but did not decode (decode="gpu"), with the rest of its transform drawn.
+
+    Not a tensor, list or tuple, so the engine's `to_device` leaves it on the host, where `decode_jpeg` reads its
+    input whatever the device it decodes on."""
+
+    #: The file's bytes, uint8 1-D.
+    data: torch.Tensor
+    #: Training: the random-resized crop's box (top, left, height, width) in the full image, drawn in the worker.
+    #: None: evaluation's resize of the short side and centre crop.
+    box: tuple[int, int, int, int] | None
+    flip: bool = False
+
+
+class JpegFile(NamedTuple):
+    """A three-channel JPEG's bytes (uint8 1-D) and its size, read from its header: what the worker keeps of a file
+    it leaves to the device to decode."""
+
+    data: torch.Tensor
+    height: int
+    width: int
+
+
 def _decode_rgb(path: str) -> torch.Tensor:
     """Decode `path` fully into a uint8 RGB tensor (3, H, W), or raise `UnreadableImageError` naming it."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise _unreadable(path, error) from error
+    return _decode_bytes(path, data)
+
+
+def _decode_bytes(path: str, data: bytes) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     try:
-        with open(path, "rb") as file:
-            data = file.read()
         try:
             image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
             if image.shape[0] == 3:
@@ -71,10 +115,87 @@ def _decode_rgb(path: str) -> torch.Tensor:
             # convert() forces the full decode here, so a truncated file fails now and not inside a transform.
             return pil_to_tensor(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImageError(
-            f"cannot decode image {path}: {error}. Replace it with the original from the ILSVRC2012 archive or "
-            "delete it, or set data.skip_corrupt=true to skip unreadable images and count them."
-        ) from error
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: str, error: BaseException) -> UnreadableImageError:
+    return UnreadableImageError(
+        f"cannot decode image {path}: {error}. Replace it with the original from the ILSVRC2012 archive or "
+        "delete it, or set data.skip_corrupt=true to skip unreadable images and count them."
+    )
+
+
+def _read_for_device(path: str) -> JpegFile | torch.Tensor:
+    """The loader of decode="gpu": a three-channel JPEG's bytes and size (its header only is parsed), or, for any
+    other file, the full decode of the CPU path."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+        with Image.open(io.BytesIO(data)) as header:
+            if header.format == "JPEG" and header.mode == "RGB":
+                return JpegFile(torch.frombuffer(bytearray(data), dtype=torch.uint8), header.height, header.width)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        pass  # the CPU decode names the file
+    return _decode_rgb(path)
+
+
+class DeferredTransform:
+    """The transform of decode="gpu": a `JpegFile` becomes an `EncodedImage` whose crop and flip are drawn here, as
+    `transform` (the CPU path's `train_transform` or `eval_transform`) would draw them, from the same generator in
+    the same order; a tensor decoded in the worker goes through `transform` itself."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], train: bool) -> None:
+        self.transform = transform
+        self.train = train
+
+    def __call__(self, image: JpegFile | torch.Tensor) -> EncodedImage | torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            return self.transform(image)
+        if not self.train:
+            return EncodedImage(image.data, None)
+        crop, flip = self.transform.transforms
+        # make_params reads only the size: a stand-in without pixels. v2's RandomHorizontalFlip draws its coin after
+        # the crop's parameters, as torch.rand(1) < p.
+        box = crop.make_params([torch.empty((), dtype=torch.uint8).expand(3, image.height, image.width)])
+        flipped = bool(torch.rand(1) < flip.p)
+        return EncodedImage(image.data, (box["top"], box["left"], box["height"], box["width"]), flipped)
+
+
+def decode_on_device(
+    images: list[torch.Tensor | EncodedImage], device: torch.device, image_size: int, eval_resize: int
+) -> torch.Tensor:
+    """The uint8 batch (N, 3, image_size, image_size) on `device` of a decode="gpu" batch's images: the
+    `EncodedImage`s decoded together by `decode_jpeg` on `device` (nvJPEG on CUDA, libjpeg-turbo on the CPU), each
+    cropped, resized and flipped as `train_transform`/`eval_transform` would, the other (finished) tensors in their
+    places."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as F
+
+    encoded = [index for index, image in enumerate(images) if isinstance(image, EncodedImage)]
+    decoded = decode_jpeg([images[index].data for index in encoded], mode=ImageReadMode.RGB, device=device) if (
+        encoded) else []
+    finished = [image.to(device, non_blocking=True) if isinstance(image, torch.Tensor) else image for image in images]
+    for index, image in zip(encoded, decoded):
+        encoded_image = images[index]
+        if encoded_image.box is None:
+            image = F.center_crop(F.resize(image, [eval_resize], antialias=True), [image_size, image_size])
+        else:
+            image = F.resized_crop(image, *encoded_image.box, size=[image_size, image_size], antialias=True)
+            if encoded_image.flip:
+                image = F.horizontal_flip(image)
+        finished[index] = image
+    return torch.stack(finished)
+
+
+def collate_images(samples: list[LabelledImage]) -> LabelledImage:
+    """`default_collate`'s batch, except that images not all tensors (decode="gpu") stay a list, for
+    `decode_on_device`."""
+    from torch.utils.data import default_collate
+
+    images = [sample.image for sample in samples]
+    if all(isinstance(image, torch.Tensor) for image in images):
+        return default_collate(samples)
+    return default_collate([sample._replace(image=0) for sample in samples])._replace(image=images)
 
 
 class ImageNetFolder(torch.utils.data.Dataset):
@@ -85,10 +206,11 @@ class ImageNetFolder(torch.utils.data.Dataset):
     workers, without importing torchvision.
     """
 
-    def __init__(self, root: str, transform: Callable[[torch.Tensor], torch.Tensor], skip_corrupt: bool) -> None:
+    def __init__(self, root: str, transform: Callable[[torch.Tensor], torch.Tensor], skip_corrupt: bool,
+                 loader: Callable[[str], torch.Tensor | JpegFile] = _decode_rgb) -> None:
         from torchvision.datasets import ImageFolder
 
-        self.folder = ImageFolder(root, transform=transform, loader=_decode_rgb)
+        self.folder = ImageFolder(root, transform=transform, loader=loader)
         self.skip_policy = SkipPolicy(len(self.folder), skip_corrupt)
 
     @property
@@ -160,6 +282,7 @@ def build_imagenet_datasets(
     eval_resize: int = 256,
     crop_scale: Sequence[float] = (0.08, 1.0),
     skip_corrupt: bool = False,
+    decode: str = "cpu",
 ) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """The (train, val) ImageFolders under `root`, with the paper's transforms.
 
@@ -172,15 +295,23 @@ def build_imagenet_datasets(
         crop_scale: area range of the random-resized crop, as a fraction of the image.
         skip_corrupt: flag unreadable images (each sample's `skipped`, with the next readable image in its place)
             instead of raising.
+        decode: "cpu": the workers decode, crop and flip; "gpu": they read the JPEGs and draw the crops, and the
+            workload's `on_device` decodes (`decode_on_device`).
     """
     if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
         raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {list(crop_scale)}")
     if eval_resize < image_size:
         raise ValueError(f"data.eval_resize ({eval_resize}) must be at least data.image_size ({image_size})")
+    if decode not in DECODE_CHOICES:
+        raise ValueError(f"data.decode must be one of {list(DECODE_CHOICES)}, got {decode!r}")
     root = check_layout(root)
+    transforms = {"train": train_transform(image_size, crop_scale), "val": eval_transform(image_size, eval_resize)}
+    if decode == "gpu":
+        transforms = {split: DeferredTransform(transform, split == "train") for split, transform in transforms.items()}
+    loader = _read_for_device if decode == "gpu" else _decode_rgb
     try:
-        train = ImageNetFolder(str(root / "train"), train_transform(image_size, crop_scale), skip_corrupt)
-        val = ImageNetFolder(str(root / "val"), eval_transform(image_size, eval_resize), skip_corrupt)
+        train = ImageNetFolder(str(root / "train"), transforms["train"], skip_corrupt, loader)
+        val = ImageNetFolder(str(root / "val"), transforms["val"], skip_corrupt, loader)
     except FileNotFoundError as error:  # class folders without any image file
         raise FileNotFoundError(
             f"{error}. Expected {EXPECTED_LAYOUT}; re-run `{PREPARE_COMMAND.format(root=root)}` to complete the "

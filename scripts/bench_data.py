@@ -138,6 +138,39 @@ def _pil_rgb(path: str) -> Image.Image:
         return Image.open(file).convert("RGB")
 
 
+def pil_resize_agreement(folder: Path, images: int = 8, crops: int = 25) -> dict[str, float]:
+    """How far the uint8 path's random-resized crops are from PIL's on the same decode and the same crop boxes
+    (docs/imagenet.md): the largest difference in levels, the mean and largest fraction of values differing, over
+    `crops` crops of each of the first `images` JPEGs under `folder`; and PIL's time per crop over torch's."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as F
+
+    from data.imagenet import _decode_rgb
+
+    crop = v2.RandomResizedCrop(224, antialias=True)
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(0)
+    largest, fractions, seconds = 0, [], {"torch": 0.0, "pil": 0.0}
+    for path in sorted(folder.rglob("*.JPEG"))[:images]:
+        tensor = _decode_rgb(str(path))
+        pil = _pil_rgb(str(path))
+        for _ in range(crops):
+            box = crop.make_params([tensor])
+            started = time.perf_counter()
+            ours = F.resized_crop(tensor, **box, size=[224, 224], antialias=True)
+            middle = time.perf_counter()
+            theirs = F.pil_to_tensor(F.resized_crop(pil, **box, size=[224, 224], antialias=True))
+            seconds["torch"] += middle - started
+            seconds["pil"] += time.perf_counter() - middle
+            difference = (ours.int() - theirs.int()).abs()
+            largest = max(largest, int(difference.max()))
+            fractions.append(float((difference > 0).float().mean()))
+    torch.set_rng_state(generator_state)
+    return {"max_level_difference": largest, "mean_fraction_differing": statistics.fmean(fractions),
+            "max_fraction_differing": max(fractions), "crops": len(fractions),
+            "pil_over_torch_resize_time": seconds["pil"] / seconds["torch"]}
+
+
 def per_second(loader: Any, count: Callable[[Any], float], seconds: float, restart: Callable[[int], None]) -> float:
     """Units per second over at least `seconds` of `loader`'s batches (passes repeated, each told its epoch by
     `restart`), the first batch (start-up) not timed."""
@@ -197,7 +230,7 @@ def bench_workload(name: str, tmp: Path, seconds: float, repeats: int) -> dict[s
                    "before": {"train_per_core": medians["train_before"], "eval_per_core": medians["eval_before"]},
                    "speedup": {"train": medians["train"] / medians["train_before"],
                                "eval": medians["eval"] / medians["eval_before"]},
-                   "runs": runs}
+                   "runs": runs, "pil_agreement": pil_resize_agreement(photos / "train")}
     else:
         result["train_per_core"] = statistics.median(
             training_rate(workload, train_set, cfg, count, seconds) for _ in range(repeats))
@@ -234,8 +267,14 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", f"ImageNet, uint8 path against the path before it (same run, medians of interleaved runs): "
               f"training {imagenet['speedup']['train']:.2f}x ({imagenet['before']['train_per_core']:,.0f} -> "
               f"{imagenet['train_per_core']:,.0f} images/s per core), evaluation {imagenet['speedup']['eval']:.2f}x "
-              f"({imagenet['before']['eval_per_core']:,.0f} -> {imagenet['eval_per_core']:,.0f}).", "",
-              "Sources of the published figures:"]
+              f"({imagenet['before']['eval_per_core']:,.0f} -> {imagenet['eval_per_core']:,.0f}).", ""]
+    if "pil_agreement" in imagenet:
+        agreement = imagenet["pil_agreement"]
+        lines += [f"uint8 resize against PIL's, same decode and boxes ({agreement['crops']} crops): at most "
+                  f"{agreement['max_level_difference']} level apart, {agreement['mean_fraction_differing']:.1%} of the "
+                  f"values differing on average ({agreement['max_fraction_differing']:.1%} at most); PIL's resize "
+                  f"takes {agreement['pil_over_torch_resize_time']:.1f}x torch's.", ""]
+    lines += ["Sources of the published figures:"]
     lines += [f"- {name}: {row['published_per_gpu']['source']}" for name, row in results["workloads"].items()]
     return "\n".join(lines) + "\n"
 

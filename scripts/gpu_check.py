@@ -14,9 +14,15 @@ Sections, each in the same run and written to results/gpu/<device>.json and .md 
 3. optimizer: NovoGrad's step (foreach, fused) on each model's parameter shapes against torch's fused SGD-momentum
    and AdamW, and apex's FusedNovoGrad where apex is built, as ratios in the same run
    (scripts/bench_optimizer.py), beside the memory-traffic limit.
-4. engine: steps/s through the engine against a bare loop on the same model (scripts/bench_engine.py).
-5. gpu tests: `pytest -m gpu` in a subprocess, pass/fail counts.
-6. estimate: every paper row's GPU-hours on 8 such GPUs, from the measured throughput and the row's total work.
+4. decode: ImageNet's `data.decode=gpu` (nvJPEG on the device, crops there) against the CPU decode path on the same
+   500x375 photograph-like JPEGs in the same run: host CPU seconds per image (the loader's work and the main
+   process's), how far the device's images are from the CPU path's (levels), and ResNet-50's training steps through
+   the engine with it (throughput and data-wait share).
+5. engine: steps/s through the engine against a bare loop on the same model (scripts/bench_engine.py).
+6. gpu tests: `pytest -m gpu` in a subprocess, pass/fail counts.
+7. estimate: every paper row's GPU-hours on 8 such GPUs, from the measured throughput and the row's total work.
+
+The training runs record the share of their timed steps spent waiting for data (`train/data_wait`).
 
 `--device cpu` runs every section at tiny sizes (tiny models, debug=smoke twins, few steps, compile off, the
 fused optimizer path left out) in a few minutes on 2 cores; tests/test_gpu_check.py runs it for one model, and
@@ -49,6 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # run as a plain script from any directory
 
+import bench_data  # noqa: E402
 import bench_engine  # noqa: E402
 import bench_optimizer  # noqa: E402
 from memory import MODELS as MEMORY_MODELS  # noqa: E402
@@ -227,13 +234,16 @@ def plan_unit_factor(key: str, cfg: Any) -> float:
     return 1.0
 
 
-def measure_training(key: str, device: torch.device, compile_model: bool, steps: int, workdir: Path) -> dict:
-    """One engine run of `2 * steps` steps; the throughput of the second window of `steps` (the first warms up
-    and compiles), the peak memory of the whole run, and whether it fitted."""
+def measure_training(key: str, device: torch.device, compile_model: bool, steps: int, workdir: Path,
+                     extra: tuple[str, ...] = ()) -> dict:
+    """One engine run of `2 * steps` steps (`extra` overrides added); the throughput and data-wait share of the
+    second window of `steps` (the first warms up and compiles), the peak memory of the whole run, and whether it
+    fitted."""
     from novograd.engine import run
 
     overrides, steps = training_overrides(key, device, compile_model, steps)
-    output_dir = workdir / f"{key}_compile_{compile_model}"
+    overrides += extra
+    output_dir = workdir / "_".join([key, f"compile_{compile_model}", *extra]).replace("=", "_")
     cfg = compose_config(overrides, output_dir)
     free_memory(device)
     start = time.perf_counter()
@@ -249,6 +259,7 @@ def measure_training(key: str, device: torch.device, compile_model: bool, steps:
         "fits": True,
         "throughput": timed["train/throughput"] * plan_unit_factor(key, cfg),
         "unit": MODELS[key].unit,
+        "data_wait": timed["train/data_wait"],
         "peak_memory_bytes": peak,
         "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "host ru_maxrss",
         "precision": cfg.trainer.precision,
@@ -316,7 +327,69 @@ def check_optimizer(device: torch.device, budget: Budget, models: list[str], rou
     return results
 
 
-# --------------------------------------------------------------------------------------------------- 4. engine
+# --------------------------------------------------------------------------------------------------- 4. decode
+def decode_path_cost(root: Path, decode: str, device: torch.device, repeats: int) -> tuple[dict[str, float], Any]:
+    """Host CPU seconds per image of ImageNet's training path with `decode` over the images under `root`, split
+    into the loader's part (read, decode where the workers decode, crop parameters, collate) and the main
+    process's (`on_device`: normalisation, and the decode where the device decodes), the device synchronised
+    before the clock stops; and the last uint8 batch. Process CPU time, all threads counted (nvJPEG's too)."""
+    from data.imagenet import build_imagenet_datasets, decode_on_device
+    from novograd.workloads.imagenet import ImageNetWorkload
+
+    train, _ = build_imagenet_datasets(root, num_classes=2, decode=decode)
+    workload = ImageNetWorkload(model={}, data={"image_size": 224, "eval_resize": 256})
+    loader_s = device_s = 0.0
+    for repeat in range(repeats + 1):  # the first pass warms up (imports, nvJPEG's handles), untimed
+        started = time.process_time()
+        samples = []
+        for index in range(len(train)):
+            torch.manual_seed(index)
+            samples.append(train[index])
+        batch = workload.collate(samples)
+        loaded = time.process_time()
+        batch = batch._replace(label=batch.label.to(device), skipped=batch.skipped.to(device))
+        if decode == "cpu":
+            batch = batch._replace(image=batch.image.to(device))
+        workload.on_device(batch)
+        synchronize(device)
+        if repeat:
+            loader_s += loaded - started
+            device_s += time.process_time() - loaded
+    images = batch.image if decode == "cpu" else decode_on_device(batch.image, device, 224, 256)
+    count = repeats * len(train)
+    return {"loader_ms_per_image": 1e3 * loader_s / count, "main_ms_per_image": 1e3 * device_s / count,
+            "host_ms_per_image": 1e3 * (loader_s + device_s) / count}, images.cpu()
+
+
+def check_decode(device: torch.device, budget: Budget, steps: int, repeats: int, per_class: int) -> dict[str, Any]:
+    """The GPU decode's host cost per image against the CPU decode's (over `per_class` images of each of 2
+    classes), the two paths' images compared, and (on CUDA) ResNet-50's training steps with `data.decode=gpu`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = bench_data.write_photo_folder(Path(tmp) / "photos", per_class=per_class)
+        paths = {}
+        for decode in ("cpu", "gpu"):
+            paths[decode], images = decode_path_cost(root, decode, device, repeats)
+            paths[decode]["images"] = images
+        difference = (paths["gpu"].pop("images").int() - paths["cpu"].pop("images").int()).abs()
+        result: dict[str, Any] = {
+            "paths": paths, "images_per_repeat": 2 * per_class, "repeats": repeats,
+            "gpu_over_cpu_host_cost": paths["gpu"]["host_ms_per_image"] / paths["cpu"]["host_ms_per_image"],
+            "max_level_difference": int(difference.max()),
+            "fraction_of_values_differing": float((difference > 0).float().mean()),
+        }
+        print(f"  decode: {result}", flush=True)
+        if device.type != "cuda":
+            result["training"] = {"status": "not run (data.decode=gpu needs CUDA)"}
+        elif budget.spent():
+            result["training"] = {"status": "not run (time budget)"}
+        else:
+            result["training"] = measure_training("resnet50_v2", device, False, steps, Path(tmp),
+                                                  extra=("data.decode=gpu",))
+            print(f"  training resnet50_v2 with data.decode=gpu: {result['training']}", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------- 5. engine
 def check_engine(device: torch.device, budget: Budget, steps: int, repeats: int) -> dict[str, Any]:
     overrides = [*bench_engine.OVERRIDES, f"trainer.device={device.type}"]
     engine, bare = [], []
@@ -333,7 +406,7 @@ def check_engine(device: torch.device, budget: Budget, steps: int, repeats: int)
             "engine_over_bare": statistics.median(engine) / statistics.median(bare)}
 
 
-# ------------------------------------------------------------------------------------------------ 5. GPU tests
+# ------------------------------------------------------------------------------------------------ 6. GPU tests
 def run_gpu_tests(device: torch.device, budget: Budget) -> dict[str, Any]:
     """`pytest -m gpu` in a subprocess (all GPU tests; on the CPU only tests/test_gpu.py, where they skip)."""
     if budget.left() < 30:
@@ -357,7 +430,7 @@ def run_gpu_tests(device: torch.device, budget: Budget) -> dict[str, Any]:
     return {**counts, "exit_status": completed.returncode, "failed_tests": failed, "command": " ".join(command)}
 
 
-# ------------------------------------------------------------------------------------------------- 6. estimate
+# ------------------------------------------------------------------------------------------------- 7. estimate
 def row_work(row: str) -> tuple[float, str]:
     """A row's total training work in its workload's unit, and how it was counted."""
     cfg = compose_config([f"experiment={row}"])
@@ -437,19 +510,20 @@ def markdown(result: dict[str, Any]) -> str:
     training = result.get("training", {})
     if training:
         lines += ["## Training step through the engine, per GPU", "",
-                  "| model | row | precision | micro-batch | compile | throughput | peak memory (GB) | fits | "
-                  "DeepLearningExamples, 1 GPU |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| model | row | precision | micro-batch | compile | throughput | data wait | peak memory (GB) | "
+                  "fits | DeepLearningExamples, 1 GPU |", "|---|---|---|---|---|---|---|---|---|---|"]
         for key, modes in training.items():
             for label, m in modes.items():
                 if "fits" not in m:
-                    lines.append(f"| {key} | {MODELS[key].row} | | | {label} | {m.get('status')} | | | |")
+                    lines.append(f"| {key} | {MODELS[key].row} | | | {label} | {m.get('status')} | | | | |")
                     continue
                 throughput = f"{m['throughput']:,.1f} {m['unit']}" if m["fits"] else "-"
+                wait = f"{m['data_wait']:.0%}" if m["fits"] else "-"
                 peak = f"{m['peak_memory_bytes'] / 1e9:.2f}" if m["fits"] else "-"
                 published = "; ".join(f"{p['throughput']:,} {p['unit']} ({p['gpu']}, {p['precision']}, batch "
                                       f"{p['batch_per_gpu']})" for p in PUBLISHED.get(key, []))
                 lines.append(f"| {key} | {MODELS[key].row} | {m.get('precision', '')} | {m['micro_batch']} | "
-                             f"{label} | {throughput} | {peak} | {'yes' if m['fits'] else 'no (OOM)'} | "
+                             f"{label} | {throughput} | {wait} | {peak} | {'yes' if m['fits'] else 'no (OOM)'} | "
                              f"{published} |")
         lines.append("")
     optimizer = result.get("optimizer", {})
@@ -468,6 +542,22 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {key} | {name} | {row['median_ms']:.3f} | {row['ratio_to_sgd_fused']:.2f}x | "
                              f"{row['ratio_to_adamw_fused']:.2f}x |")
         lines.append("")
+    decode = result.get("decode", {})
+    if decode:
+        lines += ["## ImageNet's GPU decode (`data.decode=gpu`) against the CPU decode, same run", "",
+                  f"Host CPU milliseconds per image of the training path ({decode['images_per_repeat']} 500x375 "
+                  f"JPEGs, {decode['repeats']} passes, all threads counted): the loader's part (a worker's) and the "
+                  "main process's (`on_device`).", "", "| decode | loader | main process | total |", "|---|---|---|---|"]
+        for name, cost in decode["paths"].items():
+            lines.append(f"| {name} | {cost['loader_ms_per_image']:.3f} | {cost['main_ms_per_image']:.3f} | "
+                         f"{cost['host_ms_per_image']:.3f} |")
+        training = decode["training"]
+        trained = (training["status"] if "status" in training else
+                   f"ResNet-50 with data.decode=gpu: {training['throughput']:,.1f} {training['unit']}, data wait "
+                   f"{training['data_wait']:.0%}" if training["fits"] else "ResNet-50 with data.decode=gpu: OOM")
+        lines += ["", f"GPU decode / CPU decode host cost: {decode['gpu_over_cpu_host_cost']:.2f}x. The device's images "
+                      f"against the CPU path's, same crops: at most {decode['max_level_difference']} levels apart, "
+                      f"{decode['fraction_of_values_differing']:.1%} of the values differing. {trained}.", ""]
     engine = result.get("engine", {})
     if engine:
         lines += ["## Engine overhead", ""]
@@ -511,6 +601,8 @@ def failures(result: dict[str, Any]) -> list[str]:
         found.append(f"{tests['failures']} GPU tests failed, {tests['errors']} errors")
     for key, modes in result.get("training", {}).items():
         found += [f"{key} ({label}) does not fit" for label, m in modes.items() if m.get("fits") is False]
+    if result.get("decode", {}).get("training", {}).get("fits") is False:
+        found.append("resnet50_v2 with data.decode=gpu does not fit")
     return found
 
 
@@ -523,7 +615,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="trainer.compile settings to measure (default: off on on CUDA, off on the CPU)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
                         help="paper models of the training and optimizer sections (default: all four)")
-    parser.add_argument("--sections", nargs="+", default=["attention", "training", "optimizer", "engine",
+    parser.add_argument("--sections", nargs="+", default=["attention", "training", "optimizer", "decode", "engine",
                                                            "gpu_tests", "estimate"])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -542,6 +634,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "training": lambda: check_training(device, budget, args.models, compile_modes, steps=6 if on_gpu else 2),
         "optimizer": lambda: check_optimizer(device, budget, args.models, rounds=10 if on_gpu else 2,
                                              include_fused=on_gpu),
+        "decode": lambda: check_decode(device, budget, steps=6 if on_gpu else 2, repeats=3 if on_gpu else 1,
+                                       per_class=32 if on_gpu else 4),
         "engine": lambda: check_engine(device, budget, steps=30 if on_gpu else 3, repeats=3 if on_gpu else 1),
         "gpu_tests": lambda: run_gpu_tests(device, budget),
         "estimate": lambda: estimate_rows(result.get("training", {})),

@@ -51,6 +51,23 @@ def test_each_config_error_says_what_to_change(override: str, message: str) -> N
     assert error.startswith(message), error
 
 
+def test_the_gpu_decode_is_refused_without_cuda_with_what_to_do(monkeypatch) -> None:
+    """data.decode=gpu needs the training GPU's nvJPEG, and the worker's decode to skip unreadable files; the
+    default decode=cpu and a GPU-decode run on a (stand-in) CUDA machine pass: the negative controls."""
+    assert errors("data.decode=cpu") == []
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    (error,) = errors("data.decode=gpu", "trainer.device=auto")
+    assert error == ("data.decode=gpu decodes the JPEGs with nvJPEG on the training GPU, but no CUDA device is visible "
+                     "here: set data.decode=cpu (the default: the loader's workers decode), or run on a CUDA machine.")
+    (error,) = errors("data.decode=gpu", "trainer.device=cpu")
+    assert "but this run trains on the CPU (trainer.device=cpu): set data.decode=cpu" in error
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert errors("data.decode=gpu", "trainer.device=cuda") == []
+    (error,) = errors("data.decode=gpu", "trainer.device=cuda", "data.skip_corrupt=true")
+    assert error.startswith("data.decode=gpu cannot skip unreadable images") and "data.skip_corrupt=false" in error
+    assert errors("data.decode=nvjpeg") == ["data.decode must be cpu or gpu, got 'nvjpeg'."]
+
+
 def test_the_split_over_ranks_is_checked_for_the_world_size() -> None:
     (message,) = errors(world_size=3)
     assert "x world size 3 = 12: run a number of processes that divides 8" in message

@@ -24,8 +24,8 @@ def test_every_section_runs_and_is_reported(cpu_run):
     result, output = cpu_run
     assert json.loads((output / "cpu.json").read_text())["failures"] == result["failures"] == []
     report = (output / "cpu.md").read_text()
-    for heading in ("relative attention", "Training step", "Optimizer step", "Engine overhead", "GPU tests",
-                    "GPU-hours per row"):
+    for heading in ("relative attention", "Training step", "Optimizer step", "GPU decode", "Engine overhead",
+                    "GPU tests", "GPU-hours per row"):
         assert heading in report
 
     attention = result["attention"]
@@ -34,7 +34,12 @@ def test_every_section_runs_and_is_reported(cpu_run):
 
     training = result["training"]["transformer_xl"]["compile off"]
     assert training["fits"] and training["throughput"] > 0 and training["unit"] == "tokens/s"
-    assert training["peak_memory_bytes"] > 0
+    assert training["peak_memory_bytes"] > 0 and 0 <= training["data_wait"] <= 1
+
+    decode = result["decode"]  # on the CPU device the GPU decode's path gives the CPU path's images exactly
+    assert decode["max_level_difference"] == 0 and decode["fraction_of_values_differing"] == 0
+    assert all(cost["loader_ms_per_image"] > 0 and cost["main_ms_per_image"] > 0 for cost in decode["paths"].values())
+    assert decode["gpu_over_cpu_host_cost"] > 0 and decode["training"]["status"].startswith("not run")
 
     candidates = result["optimizer"]["models"]["transformer_xl"]
     assert candidates["torch SGD-momentum fused"]["ratio_to_sgd_fused"] == 1.0
@@ -96,3 +101,13 @@ def test_an_unknown_attention_backend_is_refused_with_the_choices():
                                          r"'math'\], got 'flash'"):
         TransformerXL(vocab_size=10, n_layer=1, d_model=8, n_head=2, d_head=4, d_inner=16, cutoffs=[],
                       attention_backend="flash")
+
+
+def test_the_gpu_decode_training_run_composes_and_passes_the_config_checks(monkeypatch):
+    """The decode section's ResNet-50 run on CUDA (data.decode=gpu), composed and checked as a CUDA machine would."""
+    from novograd.engine.config_checks import config_errors
+
+    overrides, _ = gpu_check.training_overrides("resnet50_v2", torch.device("cuda"), compile_model=False, steps=6)
+    cfg = gpu_check.compose_config([*overrides, "data.decode=gpu"], "unused")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert cfg.data.decode == "gpu" and config_errors(cfg, 1) == []

@@ -21,9 +21,11 @@ from data.corrupt import CorruptFileWarning
 from data.imagenet import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    EncodedImage,
     ImageNetFolder,
     UnreadableImageError,
     build_imagenet_datasets,
+    decode_on_device,
     normalize_images,
 )
 from data.synthetic_imagenet import make_synthetic_imagefolder
@@ -219,11 +221,96 @@ def test_skip_corrupt_substitutes_the_next_image_and_flags_it_across_workers(syn
     assert len(warned) == 1  # named once: the second read skips the file without decoding it
 
 
+def mixed_folder(synthetic_root: Path, tmp_path: Path) -> Path:
+    """The twin plus, in both splits, the files the GPU decode leaves to the worker: a greyscale JPEG and a PNG
+    named .JPEG."""
+    root = copy_of(synthetic_root, tmp_path)
+    photo = pil_decoded(next((root / "train").rglob("*.JPEG")))
+    for split in ("train", "val"):
+        photo.convert("L").save(root / split / "n00000001" / "grey.JPEG", format="JPEG")
+        photo.save(root / split / "n00000002" / "png.JPEG", format="PNG")
+    return root
+
+
+def gpu_decode_batches(root: Path, split: str, device: torch.device, seed: int = 0):
+    """(the CPU path's uint8 batch, the GPU-decode path's batch as the loader hands it, its samples) of every image
+    of `split`, each sample drawn with the generator seeded as the engine seeds it per sample."""
+    workload = ImageNetWorkload(model={}, data={"image_size": 32, "eval_resize": 36})
+    batches = {}
+    for decode in ("cpu", "gpu"):
+        train, val = build_imagenet_datasets(root, num_classes=3, image_size=32, eval_resize=36, decode=decode)
+        dataset = train if split == "train" else val
+        samples = []
+        for index in range(len(dataset)):
+            torch.manual_seed(seed + index)
+            samples.append(dataset[index])
+        batches[decode] = workload.collate(samples)
+    return batches["cpu"], batches["gpu"], workload
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_gpu_decode_on_the_cpu_device_gives_the_cpu_paths_images(synthetic_root, tmp_path, split):
+    """data.decode=gpu with the decode, crop and flip on the CPU device: the workers' crops and flips are drawn from
+    the per-sample generator as the CPU path draws them, so the model sees the CPU path's images bit for bit (the
+    files left to the worker included, in their places); the data order and resume do not depend on the decode.
+    Negative control: one crop box moved by a pixel (training) or another resize (evaluation) changes the images."""
+    root = mixed_folder(synthetic_root, tmp_path)
+    cpu, gpu, workload = gpu_decode_batches(root, split, torch.device("cpu"))
+    kinds = [type(image) for image in gpu.image]
+    assert kinds.count(EncodedImage) == len(kinds) - 2 and kinds.count(torch.Tensor) == 2  # grey, png: finished
+    assert all(image.data.dim() == 1 for image in gpu.image if isinstance(image, EncodedImage))
+    assert torch.equal(gpu.label, cpu.label) and torch.equal(gpu.skipped, cpu.skipped)
+    assert torch.equal(workload.on_device(gpu).image, normalize_images(cpu.image))
+    assert torch.equal(decode_on_device(gpu.image, torch.device("cpu"), 32, 36), cpu.image)
+
+    if split == "train":
+        first = next(i for i, image in enumerate(gpu.image) if isinstance(image, EncodedImage))
+        top, left, height, width = gpu.image[first].box
+        moved = gpu.image[first].box[:1] + (left + 1 if left == 0 else left - 1, height, width)
+        shifted = [*gpu.image]
+        shifted[first] = EncodedImage(gpu.image[first].data, moved, gpu.image[first].flip)
+        assert not torch.equal(decode_on_device(shifted, torch.device("cpu"), 32, 36)[first], cpu.image[first])
+        assert any(image.flip for image in gpu.image if isinstance(image, EncodedImage))  # both flips exercised
+        assert not all(image.flip for image in gpu.image if isinstance(image, EncodedImage))
+    else:
+        assert not torch.equal(decode_on_device(gpu.image, torch.device("cpu"), 32, 40), cpu.image)
+
+
+def test_gpu_decode_batches_cross_loader_workers(synthetic_root):
+    """The GPU-decode samples pickle across a DataLoader worker and collate into a list the device decodes."""
+    train, _ = build_imagenet_datasets(synthetic_root, num_classes=3, image_size=32, eval_resize=36, decode="gpu")
+    workload = ImageNetWorkload(model={}, data={"image_size": 32, "eval_resize": 36})
+    loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=1, collate_fn=workload.collate)
+    batch = next(iter(loader))
+    assert all(isinstance(image, EncodedImage) for image in batch.image) and batch.label.shape == (4,)
+    assert workload.on_device(batch).image.shape == (4, 3, 32, 32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_gpu_decode_on_cuda_gives_the_cpu_paths_images_up_to_the_decoders_rounding(synthetic_root, tmp_path, split):
+    """nvJPEG (and the float resize torchvision runs for uint8 on CUDA) against libjpeg-turbo and torch's uint8 CPU
+    kernels, on the same crops: equal up to rounding, well under one level on average, where a crop of another seed
+    is off by tens of levels (negative control). `make gpu-check` reports the largest difference."""
+    root = mixed_folder(synthetic_root, tmp_path)
+    cpu, gpu, workload = gpu_decode_batches(root, split, torch.device("cuda"))
+    batch = workload.on_device(gpu._replace(label=gpu.label.cuda(), skipped=gpu.skipped.cuda()))
+    assert batch.image.is_cuda and batch.image.is_contiguous(memory_format=torch.channels_last)
+    on_cuda = decode_on_device(gpu.image, torch.device("cuda"), 32, 36).cpu()
+    assert (on_cuda.float() - cpu.image.float()).abs().mean() < 1.0
+    if split == "train":
+        other_seed, _, _ = gpu_decode_batches(root, split, torch.device("cuda"), seed=100)
+        assert (on_cuda.float() - other_seed.image.float()).abs().mean() > 10.0
+
+
 def test_bad_transform_settings_are_errors(synthetic_root):
     with pytest.raises(ValueError, match="crop_scale"):
         build_imagenet_datasets(synthetic_root, num_classes=3, crop_scale=(0.5, 0.1))
     with pytest.raises(ValueError, match="eval_resize"):
         build_imagenet_datasets(synthetic_root, num_classes=3, image_size=64, eval_resize=32)
+    with pytest.raises(ValueError, match=r"data.decode must be one of \['cpu', 'gpu'\], got 'nvjpeg'"):
+        build_imagenet_datasets(synthetic_root, num_classes=3, decode="nvjpeg")
 
 
 # --- configs and workload ---------------------------------------------------------------------------------------

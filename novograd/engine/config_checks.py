@@ -39,7 +39,7 @@ def config_errors(cfg: DictConfig, world_size: int | None = None, added_keys: It
     """Every problem of the composed `cfg` for a job of `world_size` processes (None: not known yet, so the split
     over ranks is not checked); `added_keys` are the keys the command line added with `+key=value`."""
     problems = [*_optimizer_problems(cfg), *_batch_problems(cfg, world_size), *_length_problems(cfg)]
-    problems += _schedule_problems(cfg) + _precision_problems(cfg) + _nonfinite_problems(cfg)
+    problems += _schedule_problems(cfg) + _precision_problems(cfg) + _nonfinite_problems(cfg) + _decode_problems(cfg)
     problems += [problem for key in added_keys if (problem := _added_key_problem(cfg, key))]
     return problems
 
@@ -235,6 +235,28 @@ def _nonfinite_problems(cfg: DictConfig) -> list[str]:
     except ValueError as error:
         return [str(error)]
     return []
+
+
+def _decode_problems(cfg: DictConfig) -> list[str]:
+    """`data.decode=gpu` (the workers read the files, the training GPU decodes them) where it cannot run: without
+    CUDA, or with `data.skip_corrupt`, whose substitute for an unreadable file is found by the worker's decode."""
+    decode = _get(cfg, "data.decode")
+    if decode is None or decode == "cpu":
+        return []
+    if decode != "gpu":
+        return [f"data.decode must be cpu or gpu, got {decode!r}."]
+    import torch
+
+    problems = []
+    if cfg.trainer.device == "cpu" or not torch.cuda.is_available():
+        where = "this run trains on the CPU (trainer.device=cpu)" if cfg.trainer.device == "cpu" else (
+            "no CUDA device is visible here")
+        problems.append(f"data.decode=gpu decodes the JPEGs with nvJPEG on the training GPU, but {where}: set "
+                        "data.decode=cpu (the default: the loader's workers decode), or run on a CUDA machine.")
+    if _get(cfg, "data.skip_corrupt"):
+        problems.append("data.decode=gpu cannot skip unreadable images (the workers no longer decode, so they cannot "
+                        "find the next readable one): set data.skip_corrupt=false, or data.decode=cpu to skip them.")
+    return problems
 
 
 def _added_key_problem(cfg: DictConfig, key: str) -> str | None:

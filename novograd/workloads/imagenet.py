@@ -25,8 +25,9 @@ class ImageNetWorkload(Workload):
         model: the model config; instantiated with hydra (its `_target_`), with `num_classes` taken from `data`.
         data: the data config (configs/data/imagenet.yaml documents every key read here).
 
-    The loader's batches are `LabelledImage`s of uint8 images (N, 3, H, W); `on_device` turns them, on the model's
-    device, into the normalised float images the loss and evaluation see. Batches hold int64 labels and the
+    The loader's batches are `LabelledImage`s of uint8 images (N, 3, H, W), or under `data.decode=gpu` a list of
+    the JPEGs' bytes that `on_device` decodes first; `on_device` turns them, on the model's device, into the
+    normalised float images the loss and evaluation see. Batches hold int64 labels and the
     bool `skipped` flags of unreadable files (`data.skip_corrupt=true`, data/corrupt.py). Training uses the images
     that stand in for them and counts them (`pop_train_stats`); evaluation scores only the others and counts the
     flagged ones, so each readable example is scored exactly once.
@@ -72,13 +73,25 @@ class ImageNetWorkload(Workload):
             eval_resize=data["eval_resize"],
             crop_scale=tuple(data["crop_scale"]),
             skip_corrupt=data["skip_corrupt"],
+            decode=data.get("decode", "cpu"),
         )
         return train, {"val": val}
 
-    def on_device(self, batch: LabelledImage) -> LabelledImage:
-        from data.imagenet import normalize_images
+    def collate(self, samples: list[LabelledImage]) -> LabelledImage:
+        from data.imagenet import collate_images
 
-        return batch._replace(image=normalize_images(batch.image))
+        return collate_images(samples)
+
+    def on_device(self, batch: LabelledImage) -> LabelledImage:
+        from data.imagenet import decode_on_device, normalize_images
+
+        images = batch.image
+        if isinstance(images, list):  # data.decode=gpu: JPEG bytes, decoded here on the batch's device
+            device = batch.label.device
+            images = decode_on_device(images, device, self.data_cfg["image_size"], self.data_cfg["eval_resize"])
+            if device.type == "cuda":  # as the engine's copy stores image batches for a channels-last convnet
+                images = images.contiguous(memory_format=torch.channels_last)
+        return batch._replace(image=normalize_images(images))
 
     def loss(self, model: nn.Module, batch: LabelledImage) -> torch.Tensor:
         self._substituted = self._substituted + batch.skipped.sum()
