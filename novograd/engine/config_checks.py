@@ -39,7 +39,7 @@ def config_errors(cfg: DictConfig, world_size: int | None = None, added_keys: It
     """Every problem of the composed `cfg` for a job of `world_size` processes (None: not known yet, so the split
     over ranks is not checked); `added_keys` are the keys the command line added with `+key=value`."""
     problems = [*_optimizer_problems(cfg), *_batch_problems(cfg, world_size), *_length_problems(cfg)]
-    problems += _schedule_problems(cfg) + _precision_problems(cfg) + _nonfinite_problems(cfg)
+    problems += _schedule_problems(cfg) + _precision_problems(cfg) + _nonfinite_problems(cfg) + _target_problems(cfg)
     problems += [problem for key in added_keys if (problem := _added_key_problem(cfg, key))]
     return problems
 
@@ -232,6 +232,18 @@ def _nonfinite_problems(cfg: DictConfig) -> list[str]:
     trainer = cfg.trainer
     try:
         NonFinitePolicy(trainer.nonfinite, trainer.max_consecutive_skips, trainer.max_rewinds, trainer.min_loss_scale)
+    except ValueError as error:
+        return [str(error)]
+    return []
+
+
+def _target_problems(cfg: DictConfig) -> list[str]:
+    from hydra.utils import get_class
+
+    from novograd.engine.target import run_target
+
+    try:
+        run_target(_plain(cfg.get("target")), get_class(cfg.workload._target_).metric_goals)
     except ValueError as error:
         return [str(error)]
     return []
