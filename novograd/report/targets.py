@@ -9,9 +9,9 @@ up) and its steps the optimizer steps, both at the first evaluation whose value 
 reaches it (a diverged run included, unless it reached it before diverging) misses, an infinite time. The rule is
 `novograd.engine.target`'s, which each paper row's config names its table's target for: a run whose summary says
 where it reached this target (`steps_to_target`, `time_to_target_s`) is read from it, older runs from their
-evaluation records. Runs logged before evaluation records held their training time have steps-to-target only. Table 7's SacreBLEU is computed at
-the final evaluation only (intermediate ones decode newstest2013), so its time-to-target is the run's length or a
-miss.
+evaluation records. Runs logged before evaluation records held their training time have steps-to-target only.
+Table 7's SacreBLEU is computed at the final evaluation only (intermediate ones decode newstest2013), so its
+time-to-target is the run's length or a miss.
 """
 
 from __future__ import annotations
