@@ -6,9 +6,9 @@ test keeps each row's config equal to it). The row's experiment config names it,
 76.33}` (null: no target, as for runs of no row); which way is better is the workload's `metric_goals`. The run
 reaches it at its first evaluation whose value is at least (`max`) or at most (`min`) the target; its steps and
 training time to target are that evaluation's step and `train/elapsed_s` (the training wall time, evaluation and
-checkpoint time left out, resumed segments added up). `first_reached` is that rule over logged evaluation records:
-the trainer applies it as it evaluates, to a resumed run's log when the checkpoint predates the target, and the
-report to runs whose summary predates the keys.
+checkpoint time left out, resumed segments added up). `Target.reached` is the rule the trainer applies as it
+evaluates; `first_reached` applies it to logged evaluation records: the trainer's for a resumed run whose checkpoint
+predates the target, the report's for runs whose summary predates the keys.
 """
 
 from __future__ import annotations
