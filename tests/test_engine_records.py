@@ -52,7 +52,8 @@ def test_bookkeeping_keys_may_change_on_resume_and_nothing_else() -> None:
     original = OmegaConf.to_container(compose_config(REGRESSION, "/runs/a"), resolve=True)
     bookkeeping = OmegaConf.to_container(compose_config(
         [*REGRESSION, "trainer.log_every_steps=7", "trainer.stop_at_step=2", "trainer.eval_every_steps=3",
-         "data.num_workers=2", "trainer.progress_bar=true", "logger=wandb", "optimizer.foreach=false", "tuning.seed=3", "tuning.trial=1"],
+         "data.num_workers=2", "trainer.progress_bar=true", "logger=wandb", "optimizer.foreach=false", "tuning.seed=3", "tuning.trial=1",
+         "target={metric: mse, value: 0.5}"],
         "/runs/b",
     ), resolve=True)
     assert resume_differences(original, bookkeeping) == []
@@ -60,7 +61,7 @@ def test_bookkeeping_keys_may_change_on_resume_and_nothing_else() -> None:
         [*REGRESSION, "optimizer.lr=0.07", "trainer.micro_batch_size=4", "seed=1"], "/runs/a"), resolve=True)
     assert [d.key for d in resume_differences(original, training)] == [
         "seed", "optimizer.lr", "trainer.micro_batch_size"]
-    assert all("." in key or key in ("logger", "tuning") for key in RESUME_MAY_CHANGE)
+    assert all("." in key or key in ("logger", "tuning", "target") for key in RESUME_MAY_CHANGE)
 
 
 # ------------------------------------------------------------------------------------------------------- resuming

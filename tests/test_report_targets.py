@@ -7,14 +7,18 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 from report_runs import jasper_records, run_config, write_run
+from test_failsafe import poison_loss_at
 
 import novograd.engine.checkpoint as checkpoint_module
 import novograd.engine.trainer as trainer_module
 from novograd.engine import run
-from novograd.engine.compose import compose_config
+from novograd.engine.compose import CONFIG_DIR, compose_config
 from novograd.report.claims import load_claims
-from novograd.report.sources import TRAIN_ELAPSED, _jsonl_history, local_runs
+from novograd.engine.config_checks import config_errors
+from novograd.engine.target import TRAIN_ELAPSED, target_summary
+from novograd.report.sources import _jsonl_history, local_runs
 from novograd.report.tables import load_paper_tables, main
 from novograd.report.targets import Reached, Target, row_times, table_target, time_to_target
 
@@ -31,13 +35,23 @@ def test_the_evaluation_records_hold_training_time_without_evaluations_and_check
     monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: (time.sleep(PAUSE_S), evaluate(*a, **k))[1])
     monkeypatch.setattr(checkpoint_module.CheckpointManager, "save",
                         lambda self, *a, **k: (time.sleep(PAUSE_S), save(self, *a, **k))[1])
-    common = ["debug=regression", "logger=none", "trainer.max_steps=6", "trainer.eval_every_steps=2"]
+    # A target every evaluation reaches: the first, at step 2 of the stopped segment, is the run's.
+    common = ["debug=regression", "logger=none", "trainer.max_steps=6", "trainer.eval_every_steps=2",
+              "target={metric: mse, value: 1.0e9}"]
     stopped = run(compose_config([*common, "trainer.stop_at_step=3"], tmp_path))
     assert stopped["preempted"]
+    first_segment = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     summary = run(compose_config(common, tmp_path))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evaluations = [(r["step"], r[TRAIN_ELAPSED]) for r in records if "eval/mse" in r]
     assert [step for step, _ in evaluations] == [2, 4, 6]
+    (at_step_2,) = [r[TRAIN_ELAPSED] for r in first_segment if "eval/mse" in r]
+    reached = {"target": {"metric": "mse", "value": 1e9, "goal": "min"}, "reached_target": True,
+               "steps_to_target": 2, "time_to_target_s": at_step_2}
+    assert {key: stopped[key] for key in reached} == reached
+    # Kept across the resume (its evaluations at steps 4 and 6 reach the target too), in summary.json as returned.
+    assert {key: summary[key] for key in reached} == reached
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
     times = [seconds for _, seconds in evaluations]
     assert times == sorted(times) and times[0] > 0
     # The wall time (taken as the last checkpoint began) holds the evaluations at steps 2, 4 and 6 and the checkpoints
@@ -47,9 +61,58 @@ def test_the_evaluation_records_hold_training_time_without_evaluations_and_check
 
     history = _jsonl_history(tmp_path / "metrics.jsonl")
     mse = [r["eval/mse"] for r in history("eval/mse")]
-    target = Target("mse", "mse", mse[1], "min")  # reached at step 4, or at step 2 when that was as low
+    target = Target("mse", mse[1], "min", "mse")  # reached at step 4, or at step 2 when that was as low
     first = next(i for i, value in enumerate(mse) if value <= mse[1])
-    assert time_to_target(SimpleNamespace(history=history), target) == Reached(*evaluations[first])
+    assert time_to_target(SimpleNamespace(history=history, summary={}), target) == Reached(*evaluations[first])
+
+
+def regression(output_dir, *overrides):
+    return run(compose_config(["debug=regression", "logger=none", "trainer.eval_every_steps=2", *overrides],
+                              output_dir))
+
+
+def test_a_resumed_run_catches_up_a_target_its_checkpoint_never_checked(tmp_path):
+    """A checkpoint from before the run had its target (or had another): the resumed run finds the first of its
+    logged evaluations that reached it, with that evaluation's training time."""
+    stopped = regression(tmp_path, "trainer.max_steps=4", "trainer.stop_at_step=3")
+    assert "target" not in stopped  # no target, no keys
+    (first,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+                if "eval/mse" in line]
+    summary = regression(tmp_path, "trainer.max_steps=4", f"target={{metric: mse, value: {first['eval/mse']!r}}}")
+    assert (summary["reached_target"], summary["steps_to_target"]) == (True, 2)
+    assert summary["time_to_target_s"] == first[TRAIN_ELAPSED]
+
+
+def test_a_run_that_never_reaches_its_target_says_so(tmp_path):
+    summary = regression(tmp_path, "trainer.max_steps=2", "target={metric: mse, value: -1.0}")  # an MSE is >= 0
+    assert json.loads((tmp_path / "summary.json").read_text())["reached_target"] is False
+    assert (summary["steps_to_target"], summary["time_to_target_s"]) == (None, None)
+
+
+def test_a_diverged_run_keeps_the_target_it_reached_before_diverging(tmp_path, monkeypatch):
+    poison_loss_at(monkeypatch, {3})
+    summary = regression(tmp_path, "trainer.max_steps=4", "trainer.nonfinite=stop", "target={metric: mse, value: 1e9}")
+    assert summary["diverged"] and summary["diverged_at_step"] == 3
+    assert (summary["reached_target"], summary["steps_to_target"]) == (True, 2)
+
+
+def test_a_target_that_names_no_metric_of_the_workload_is_refused_before_any_work():
+    problems = config_errors(compose_config(["debug=regression", "target={metric: top1, value: 76.33}"], "x"))
+    assert problems == ["target.metric='top1' is no metric of this workload; choose one of mse."]
+    assert config_errors(compose_config(["debug=regression", "target={metric: mse, value: nan}"], "x")) == [
+        "target.value must be a finite number, got nan."]
+
+
+def test_every_rows_config_names_the_target_the_report_derives_for_its_tables():
+    """The run measures itself against its row config's target; the report derives each table's from the paper's
+    numbers: a row in two tables (Tables 2 and 3) needs both to agree. (Every row composes with a valid target:
+    tests/test_configs.py checks each row's config.)"""
+    for name, table in TABLES.items():
+        target = table_target(table, GOALS)
+        for row in table["rows"]:
+            if "experiment" in row:
+                config = OmegaConf.load(CONFIG_DIR / "experiment" / f"{row['experiment']}.yaml")
+                assert config.target == {"metric": target.metric, "value": target.value}, (name, row["experiment"])
 
 
 def test_targets_are_the_worst_final_value_of_a_tables_rows():
@@ -73,7 +136,7 @@ def test_runs_reach_the_target_at_their_first_evaluation_that_does(tmp_path, cap
     by_experiment = {r.experiment: r for r in local_runs(runs)}
     target = table_target(TABLES["table4"], GOALS)
     # The boundary exactly: a target of 3.5 + 80 / 5 is reached at epoch 5 (step 50), not before.
-    at_epoch_5 = Target(target.metric, target.title, 3.5 + 80 / 5, "min")
+    at_epoch_5 = Target(target.metric, 3.5 + 80 / 5, "min", target.title)
     assert time_to_target(by_experiment["table4/novograd"], at_epoch_5) == Reached(50, 5000.0)
     assert time_to_target(by_experiment["table4/sgd"], at_epoch_5) is None
     assert time_to_target(by_experiment["table4/adam"], at_epoch_5) == Reached(50, None)  # 3 + 80 / 5 <= 19.5
@@ -89,6 +152,20 @@ def test_runs_reach_the_target_at_their_first_evaluation_that_does(tmp_path, cap
     assert "- training time to target: no table has runs that reached its target yet." in text  # Adam's not logged
     assert (tmp_path / "figures" / "performance_profiles.png").is_file()
     assert "# Time to target" in capsys.readouterr().out
+
+
+def test_the_report_takes_a_runs_time_to_target_from_its_summary_and_from_the_records_of_older_runs(tmp_path):
+    """Every run's records first reach dev-clean 13.2 at step 80 (WER 3 + 80 / epoch, no training time logged); the
+    summaries say otherwise, so each answer shows where it was read."""
+    target = table_target(TABLES["table4"], GOALS)
+    other = Target(target.metric, 20.0, "min", target.title)
+    summaries = {"a_at_step_40": target_summary(target, 40, 123.0), "b_missed": target_summary(target, None, None),
+                 "c_other_target": target_summary(other, 10, 1.0), "d_before_the_keys": {}}
+    for name, keys in summaries.items():
+        write_run(tmp_path, name, run_config("table4/novograd"), {"wer_dev_clean": 3.0, **keys},
+                  jasper_records(final_wer=3.0, epochs=8))
+    found = [time_to_target(run, target) for run in local_runs(tmp_path)]  # in the order of their directories
+    assert found == [Reached(40, 123.0), None, Reached(80, None), Reached(80, None)]
 
 
 def test_the_performance_profile_of_known_times_is_algoperfs():

@@ -13,6 +13,7 @@ from report_runs import jasper_records, run_config, write_run
 
 import novograd.report.tables as tables_module
 from novograd.engine.logger import RunLogger
+from novograd.engine.target import Target, target_summary
 from novograd.report.figures import draw_figure
 from novograd.report.sources import local_runs, wandb_runs
 from novograd.report.rows import sort_runs
@@ -166,9 +167,12 @@ def test_from_wandb_gives_the_tables_and_figures_of_the_same_runs_on_disk(tmp_pa
         write_run(runs, name, config, summary)  # metrics.jsonl is written by the logger, as in training
         train_with_logger(runs / name, config, records, summary)
 
-    both("b512", run_config("table5/novograd_b512"), wers, jasper_records(4.0, 4))
-    both("b512_seed1", run_config("table5/novograd_b512", "seed=1"), {**wers, "wer_dev_clean": 4.4},
-         jasper_records(4.4, 4))
+    # The trainer's time-to-target keys (Table 5's target: dev-clean 4.01): one run reached it, one missed it.
+    target = Target("wer_dev_clean", 4.01, "min")
+    both("b512", run_config("table5/novograd_b512"), {**wers, **target_summary(target, 30, 99.0)},
+         jasper_records(4.0, 4))
+    both("b512_seed1", run_config("table5/novograd_b512", "seed=1"),
+         {**wers, "wer_dev_clean": 4.4, **target_summary(target, None, None)}, jasper_records(4.4, 4))
     both("b4k_lr", run_config("table5/novograd_b4k", "optimizer.lr=0.05"), wers, jasper_records(6.0, 3))
     both("table4", run_config("table4/sgd"), {**wers, "wer_dev_other": 13.0}, [])
     # Preempted at epoch 2 and resumed to the end under the same W&B run id: one finished run.
@@ -188,8 +192,11 @@ def test_from_wandb_gives_the_tables_and_figures_of_the_same_runs_on_disk(tmp_pa
     main(["--from", "wandb", "--entity", "E", "--project", "novograd", "--out", str(tmp_path / "wandb"),
           "--figures", str(tmp_path / "wandb_figures")])
 
-    for name in TABLES:
+    for name in [*TABLES, "claims", "time_to_target"]:
         assert (tmp_path / "wandb" / f"{name}.md").read_text() == (tmp_path / "local" / f"{name}.md").read_text()
+    # b512's time to target is its summary's (its records never reach 4.01): 1 of 2 runs, the median infinite.
+    assert "| batch 512, lr 0.015, wd 0.001 (`table5/novograd_b512`) | 1 of 2 | missed | missed |" in (
+        tmp_path / "wandb" / "time_to_target.md").read_text()
     table5 = (tmp_path / "wandb" / "table5.md").read_text()
     assert "| 3.58 | 4.20 ± 0.28 (n=2) |" in table5 and "| 3.69 | 5.00 |" in table5
     assert "optimizer.lr 0.05 instead of 0.03" in table5 and "`table5/novograd_b16k`) | 3.67 | - |" in table5

@@ -40,6 +40,7 @@ def config_errors(cfg: DictConfig, world_size: int | None = None, added_keys: It
     over ranks is not checked); `added_keys` are the keys the command line added with `+key=value`."""
     problems = [*_optimizer_problems(cfg), *_batch_problems(cfg, world_size), *_length_problems(cfg)]
     problems += _schedule_problems(cfg) + _precision_problems(cfg) + _nonfinite_problems(cfg) + _decode_problems(cfg)
+    problems += _target_problems(cfg)
     problems += [problem for key in added_keys if (problem := _added_key_problem(cfg, key))]
     return problems
 
@@ -257,6 +258,18 @@ def _decode_problems(cfg: DictConfig) -> list[str]:
         problems.append("data.decode=gpu cannot skip unreadable images (the workers no longer decode, so they cannot "
                         "find the next readable one): set data.skip_corrupt=false, or data.decode=cpu to skip them.")
     return problems
+
+
+def _target_problems(cfg: DictConfig) -> list[str]:
+    from hydra.utils import get_class
+
+    from novograd.engine.target import run_target
+
+    try:
+        run_target(_plain(cfg.get("target")), get_class(cfg.workload._target_).metric_goals)
+    except ValueError as error:
+        return [str(error)]
+    return []
 
 
 def _added_key_problem(cfg: DictConfig, key: str) -> str | None:

@@ -40,6 +40,13 @@ STEP_METRIC = "trainer/step"  # the x axis of every W&B chart (W&B's own `_step`
 FINAL_PREFIX = "final/"  # summary keys of the final metrics (`summary.json`)
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl` (none when the file is absent)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def truncate_metrics(path: Path, after_step: int) -> None:
     """Drop records logged after `after_step`: a resumed run re-logs them, so the file never holds a step twice."""
     if not path.exists():

@@ -57,6 +57,7 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "data.root": "where the dataset lives",
     "data.synthetic.cache_dir": "where the synthetic dataset is written",
     "logger": "where metrics are reported (W&B project, tags, mode, ...)",
+    "target": "which value the run's time to target is measured to (a resume catches up from the logged evaluations)",
     "tuning": "which tuning budget the run is a trial of (make tune): the trial's point is in its own keys",
 }
 

@@ -27,7 +27,7 @@ from novograd.engine.checkpoint import CheckpointManager, load_shards
 from novograd.engine.data import EvalBatchSampler, PlannedBatchSampler, build_loader
 from novograd.engine.evaluation import SKIPPED, evaluate
 from novograd.engine.exit_codes import EXIT_INTERRUPTED
-from novograd.engine.logger import RunLogger, TrainingStatus, metrics_text, summary_line
+from novograd.engine.logger import METRICS_FILE, RunLogger, TrainingStatus, metrics_text, read_metrics, summary_line
 from novograd.engine.nonfinite import (
     BufferSnapshot, Diverged, NonFinitePolicy, Rewind, SkipCounter, any_nonfinite)
 from novograd.engine.output_dir import ensure_writable_output_dir
@@ -35,6 +35,7 @@ from novograd.engine.precision import Precision, enable_tf32
 from novograd.engine.preemption import PreemptionFlag, resume_instructions
 from novograd.engine.run_config import CONFIG_FILE, LAST_CHECKPOINT, SUMMARY_FILE, check_resume_config
 from novograd.engine.seeding import capture_rng_state, configure_determinism, restore_rng_state, seed_everything
+from novograd.engine.target import TRAIN_ELAPSED, first_reached, run_target, target_summary
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -59,6 +60,9 @@ class Progress:
     skipped_train: int | None = None  # examples replaced for unreadable files; None: not counted
     skipped_steps: int = 0  # optimizer steps not applied: non-finite, or dropped by a rewind (nonfinite.py)
     rewinds: int = 0  # reloads of the last checkpoint after a non-finite step (trainer.nonfinite=rewind)
+    target: dict[str, Any] | None = None  # the target (Target.as_dict) the evaluations were checked against
+    steps_to_target: int | None = None  # the first evaluation that reached it: its step and training time
+    time_to_target_s: float | None = None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -170,6 +174,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.workload: Workload = instantiate(cfg.workload, model=cfg.model, data=cfg.data, _recursive_=False)
         self.workload.output_dir = self.output_dir if context.is_main else None
+        self.target = run_target(cfg.get("target"), self.workload.metric_goals)  # novograd/engine/target.py
         model = self.workload.build_model()
         train_set, eval_sets = self.workload.build_datasets()
         self.plan = self.workload.batch_plan(train_set, trainer_cfg.batch_size, trainer_cfg.micro_batch_size, cfg.seed)
@@ -239,7 +244,7 @@ class Trainer:
         # Preemption signals and time-based checkpoints are decided by all ranks together (a collective to create).
         self.vote = distributed.DeferredVote(num_flags=2)
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", trainer_cfg.keep_last_k, context.is_main)
-        self.progress = Progress()
+        self.progress = Progress(target=self.target and self.target.as_dict())
         self.wandb_run_id: str | None = None
         if trainer_cfg.resume and (state := self._load_last()) is not None:
             self._restore(state)
@@ -330,6 +335,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
+        self._catch_up_target()
         self.wandb_run_id = state["wandb_run_id"]
         # Every rank's carried state, merged: state keyed by stream (not by rank) survives a change of world size.
         self.workload.load_state_dict({key: value for shard in state["workload"] for key, value in shard.items()})
@@ -341,6 +347,18 @@ class Trainer:
                 "The checkpoint was written by %d ranks, this run has %d: generator states start afresh.",
                 len(state["rng"]), self.context.world_size,
             )
+
+    def _catch_up_target(self) -> None:
+        """A checkpoint whose evaluations were checked against no or another target (written before the run had
+        this one): rank 0 finds where the run reached it in the evaluations it logged up to the checkpoint."""
+        progress = self.progress
+        if self.target is None or progress.target == self.target.as_dict() or not self.context.is_main:
+            return
+        records = [r for r in read_metrics(self.output_dir / METRICS_FILE) if r["step"] <= progress.step]
+        reached = first_reached(records, self.target)
+        progress.target = self.target.as_dict()
+        progress.steps_to_target = reached and reached.step
+        progress.time_to_target_s = reached and reached.seconds
 
     # ------------------------------------------------------------------------------------------ non-finite steps
     def _check_skips(self) -> None:
@@ -422,6 +440,8 @@ class Trainer:
                 f"the evaluation gave {', '.join(f'{n}={metrics[n]}' for n in nonfinite)} (the outputs overflow)")
         progress.last_eval_step = progress.step
         progress.last_metrics = metrics
+        if self.target and progress.steps_to_target is None and self.target.reached(metrics.get(self.target.metric)):
+            progress.steps_to_target, progress.time_to_target_s = progress.step, train_s
         improved = False
         for name, goal in self.workload.metric_goals.items():
             if name not in metrics:
@@ -431,7 +451,7 @@ class Trainer:
                 progress.best[name] = metrics[name]
                 improved |= name == self.workload.primary_metric
         self.logger.log(progress.step, {f"eval/{k}": v for k, v in metrics.items()} | {"epoch": self._epoch_float(),
-                                                                                       "train/elapsed_s": train_s})
+                                                                                       TRAIN_ELAPSED: train_s})
         progress.paused_s += time.perf_counter() - started
         log.info("step %d eval: %s", progress.step, metrics_text(metrics))
         return improved
@@ -634,7 +654,7 @@ class Trainer:
             "wall_time_s": progress.elapsed_s,
             "world_size": self.context.world_size,
             "output_dir": str(self.output_dir),
-        }
+        } | target_summary(self.target, progress.steps_to_target, progress.time_to_target_s)
 
     def _diverged_summary(self, error: Diverged) -> dict[str, Any]:
         """A diverged run's record: where and why, the last finite checkpoint (rank 0 wrote or read it: every

@@ -33,14 +33,13 @@ from typing import Any, Protocol
 
 from omegaconf import OmegaConf
 
-from novograd.engine.logger import FINAL_PREFIX, METRICS_FILE, STEP_METRIC, wandb_api_key_configured
+from novograd.engine.logger import FINAL_PREFIX, METRICS_FILE, STEP_METRIC, read_metrics, wandb_api_key_configured
 from novograd.engine.run_config import CONFIG_FILE, SUMMARY_FILE
+from novograd.engine.target import TRAIN_ELAPSED
 
-# One point of a run's history: "step", "epoch", the metric asked for and, where the record has it, TRAIN_ELAPSED.
+# One point of a run's history: "step", "epoch", the metric asked for and, where the record has it, TRAIN_ELAPSED
+# (the training time at an evaluation: novograd/engine/target.py).
 Record = dict[str, float]
-# The training wall time at an evaluation, evaluation and checkpoint time left out, resumed segments added up: each
-# evaluation record holds it (novograd.engine.trainer.Trainer._evaluate; runs before it lack it).
-TRAIN_ELAPSED = "train/elapsed_s"
 
 # Why a run is not tabulated: the keys of the `set_aside` counters.
 DEBUG = "debug runs (debug=..., which reproduce no row)"
@@ -74,9 +73,7 @@ def _jsonl_history(path: Path) -> Callable[[str], list[Record]]:
 
     @cache
     def records() -> list[dict[str, Any]]:
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_metrics(path)
 
     def history(metric: str) -> list[Record]:
         return [

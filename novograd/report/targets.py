@@ -6,10 +6,12 @@ perplexity, SacreBLEU): the worst final value the paper reports among the table'
 every row reached it in the paper (Table 1: SGD's 200-epoch 76.33 top-1). A run's time to it is the training wall
 time (`train/elapsed_s` of the evaluation record: evaluation and checkpoint time left out, resumed segments added
 up) and its steps the optimizer steps, both at the first evaluation whose value reaches the target; a run that never
-reaches it (a diverged run included, unless it reached it before diverging) misses, an infinite time. Runs logged
-before evaluation records held their training time have steps-to-target only. Table 7's SacreBLEU is computed at
-the final evaluation only (intermediate ones decode newstest2013), so its time-to-target is the run's length or a
-miss.
+reaches it (a diverged run included, unless it reached it before diverging) misses, an infinite time. The rule is
+`novograd.engine.target`'s, which each paper row's config names its table's target for: a run whose summary says
+where it reached this target (`steps_to_target`, `time_to_target_s`) is read from it, older runs from their
+evaluation records. Runs logged before evaluation records held their training time have steps-to-target only.
+Table 7's SacreBLEU is computed at the final evaluation only (intermediate ones decode newstest2013), so its
+time-to-target is the run's length or a miss.
 """
 
 from __future__ import annotations
@@ -20,32 +22,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from novograd.engine.target import Reached, first_reached, summary_has, summary_reached
+from novograd.engine.target import Target as RunTarget
 from novograd.report.rows import RowRuns
-from novograd.report.sources import TRAIN_ELAPSED, Run
+from novograd.report.sources import Run
 
 
 @dataclass(frozen=True)
-class Target:
-    """A table's target: `metric` reaching `value` (at least for `goal` max, at most for min)."""
+class Target(RunTarget):
+    """A table's target, with its column's `title` for the report."""
 
-    metric: str
     title: str
-    value: float
-    goal: str
-
-    def reached(self, value: float) -> bool:
-        return value >= self.value if self.goal == "max" else value <= self.value
 
     def __str__(self) -> str:
         return f"{self.title} {'≥' if self.goal == 'max' else '≤'} {self.value:g}"
-
-
-@dataclass(frozen=True)
-class Reached:
-    """Where a run first reached its target: the step and the training time (None: the run did not log it)."""
-
-    step: int
-    seconds: float | None
 
 
 def table_target(table: dict[str, Any], goals: dict[str, str]) -> Target | None:
@@ -55,16 +45,15 @@ def table_target(table: dict[str, Any], goals: dict[str, str]) -> Target | None:
     if not values:
         return None
     goal = goals[metric]
-    return Target(metric, title, min(values) if goal == "max" else max(values), goal)
+    return Target(metric, min(values) if goal == "max" else max(values), goal, title)
 
 
 def time_to_target(run: Run, target: Target) -> Reached | None:
-    """The first evaluation of `run` that reached `target`, or None (a miss)."""
-    key = f"eval/{target.metric}"
-    for record in sorted(run.history(key), key=lambda r: r["step"]):
-        if math.isfinite(record[key]) and target.reached(record[key]):
-            return Reached(int(record["step"]), record.get(TRAIN_ELAPSED))
-    return None
+    """The first evaluation of `run` that reached `target`, or None (a miss): as its summary says, else (a run from
+    before the summary held it, or measured to another target) from its evaluation records."""
+    if summary_has(run.summary, target):
+        return summary_reached(run.summary)
+    return first_reached(run.history(f"eval/{target.metric}"), target)
 
 
 @dataclass(frozen=True)
