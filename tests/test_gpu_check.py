@@ -25,7 +25,7 @@ def test_every_section_runs_and_is_reported(cpu_run):
     assert json.loads((output / "cpu.json").read_text())["failures"] == result["failures"] == []
     report = (output / "cpu.md").read_text()
     for heading in ("relative attention", "Training step", "Optimizer step", "GPU decode", "Engine overhead",
-                    "GPU tests", "GPU-hours per row"):
+                    "Sharded training", "GPU tests", "GPU-hours per row"):
         assert heading in report
 
     attention = result["attention"]
@@ -47,6 +47,8 @@ def test_every_section_runs_and_is_reported(cpu_run):
     assert result["optimizer"]["memory_traffic_limit"] == {"vs SGD-momentum": 6 / 5, "vs AdamW": 6 / 7}
 
     assert result["engine"]["engine_over_bare"] > 0
+    sharded = result["sharded"]  # Transformer-big under FSDP2 (its unsharded run was not asked for: no ratio)
+    assert sharded["fsdp"]["fits"] and sharded["fsdp"]["throughput"] > 0 and "throughput_ratio" not in sharded
     tests = result["gpu_tests"]  # on the CPU every GPU test skips, and the run says so
     assert tests["tests"] > 0 and tests["skipped"] == tests["tests"] and tests["exit_status"] == 0
 

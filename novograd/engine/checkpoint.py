@@ -140,9 +140,11 @@ def save_shards(shards: dict[str, Any], directory: Path, is_main: bool) -> None:
 
     # Rank 0's process id: the temporary's name is the same on every rank.
     tmp = directory.with_name(f".{directory.name}.tmp{_broadcast(os.getpid())}")
+    from torch.distributed.checkpoint.api import CheckpointException
+
     try:
         dcp.save(shards, checkpoint_id=tmp)  # FileSystemWriter fsyncs each file it writes
-    except Exception as error:  # every rank gets every rank's failure (DCP's CheckpointException)
+    except (Exception, CheckpointException) as error:  # every rank gets every rank's failure in one (a BaseException)
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         if _is_no_space(error):
@@ -162,9 +164,14 @@ def load_shards(shards: dict[str, Any], directory: Path) -> None:
     `directory`, resharding as needed. A collective; an unreadable shard raises on every rank."""
     import torch.distributed.checkpoint as dcp
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     if not (directory / ".metadata").is_file():
         raise FileNotFoundError(f"{directory} is not a complete sharded checkpoint (no .metadata)")
-    dcp.load(shards, checkpoint_id=directory)
+    try:
+        dcp.load(shards, checkpoint_id=directory)
+    except CheckpointException as error:  # a BaseException: as an error, so that a resume can fall back
+        raise RuntimeError(f"the shards in {directory} cannot be read: {error}") from None
 
 
 def consolidated(path: Path) -> dict[str, Any]:
