@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from novograd.engine.batches import tensors_in
+from novograd.engine.distributed import barrier, broadcast_object
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
@@ -139,7 +140,7 @@ def save_shards(shards: dict[str, Any], directory: Path, is_main: bool) -> None:
     import torch.distributed.checkpoint as dcp
 
     # Rank 0's process id: the temporary's name is the same on every rank.
-    tmp = directory.with_name(f".{directory.name}.tmp{_broadcast(os.getpid())}")
+    tmp = directory.with_name(f".{directory.name}.tmp{broadcast_object(os.getpid())}")
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:
@@ -156,7 +157,7 @@ def save_shards(shards: dict[str, Any], directory: Path, is_main: bool) -> None:
             shutil.rmtree(directory)  # and a resume falls back to previous.pt
         os.replace(tmp, directory)
         _fsync_directory(directory.parent)
-    _barrier()
+    barrier()
 
 
 def load_shards(shards: dict[str, Any], directory: Path) -> None:
@@ -193,21 +194,8 @@ def consolidated(path: Path) -> dict[str, Any]:
     return state
 
 
-def _broadcast(value: int) -> int:
-    if not dist.is_initialized():
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 class CheckpointManager:
@@ -254,7 +242,7 @@ class CheckpointManager:
         if self.is_main:
             self.directory.mkdir(parents=True, exist_ok=True)
         if shards is not None:
-            _barrier()  # the directory exists for every rank
+            barrier()  # the directory exists for every rank
             name = f"shards_{step:08d}"
             save_shards(shards, self.directory / name, self.is_main)
             state = {**state, SHARDS: name}
