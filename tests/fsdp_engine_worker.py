@@ -32,6 +32,13 @@ CASES = {
     "transformer_xl_adamw": ["experiment=table6/adamw_12b", "model.dropout=0.0", "optimizer.lr=0.01", EXAMPLES],
     "transformer_novograd": ["experiment=table7/novograd", "model.dropout=0.0", "model.attention_dropout=0.0", TOKENS],
 }
+# bf16 under autocast on both layouts. Jasper's BatchNorms keep the sharded run's gathered weights in fp32, as DDP's;
+# Transformer-XL's are gathered in bf16, where DDP's autocast casts each matmul's weight to bf16 as it goes.
+BF16_CASES = {
+    "jasper_novograd_bf16": ["experiment=table4/novograd", "model.dropout=0.0", "trainer.precision=bf16", EXAMPLES],
+    "transformer_xl_novograd_bf16": ["experiment=table6/novograd_12b", "model.dropout=0.0", "trainer.precision=bf16",
+                                     EXAMPLES],
+}
 RESUME_CASE = "resnet_novograd"  # BatchNorm buffers, a checkpoint's shards, NovoGrad's layer-wise state
 RESUME = ["experiment=table1/novograd_100ep", EXAMPLES]
 REDUCE_SCATTERS = "reduce_scatters.json"
@@ -65,8 +72,9 @@ def count_reduce_scatters() -> dict[str, int]:
 def main(root: Path) -> None:
     counts = count_reduce_scatters()
     if dist.get_rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
         (root / REDUCE_SCATTERS).write_text(json.dumps(counts))
-    for case, overrides in CASES.items():
+    for case, overrides in {**CASES, **BF16_CASES}.items():
         for layout in ("ddp", "fsdp"):
             train(root / case / layout, [*overrides, f"trainer.parallelism={layout}"])
     sharded = [*RESUME, "trainer.parallelism=fsdp"]
@@ -78,8 +86,6 @@ def main(root: Path) -> None:
 
 if __name__ == "__main__":
     dist.init_process_group("gloo")  # one group for every run (a run that makes its own destroys it at its end)
-    try:
-        main(Path(sys.argv[1]))
-    finally:
-        dist.barrier()
-        dist.destroy_process_group()
+    main(Path(sys.argv[1]))  # a failure ends this process, and torchrun the others
+    dist.barrier()
+    dist.destroy_process_group()

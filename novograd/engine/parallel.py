@@ -5,9 +5,11 @@ Under FSDP2 every block of the model (the classes its `block_types` names: a Res
 Transformer layer) is one `fully_shard` unit and the root holds the rest (embeddings, tied output layers, heads),
 as torchtitan shards its models. Parameters, gradients and optimizer state then live as DTensor shards; a unit's
 parameters are gathered for its forward and backward only and freed after (`reshard_after_forward=True`, except
-the root's, which the backward needs at once). Mixed precision follows `trainer.precision`: parameters are gathered
-in bf16 or fp16 (half the traffic) and gradients reduced in fp32, and autocast stays on, so the operations that
-autocast keeps in fp32 (norms, softmax, losses) stay there as under DDP.
+the root's, which the backward needs at once). Mixed precision follows `trainer.precision`: autocast stays on, so
+the operations that autocast keeps in fp32 (norms, softmax, losses) stay there as under DDP, and gradients are
+reduced in fp32. Parameters are gathered in bf16 or fp16 (half the traffic) where no BatchNorm is in the model; a
+BatchNorm (ResNet, Jasper) takes its weights in fp32 where autocast leaves it alone, so those models gather fp32,
+as DDP holds them.
 
 What differs from DDP, by design:
 - buffers (BatchNorm's running statistics) are not broadcast from rank 0 before every forward but before every
@@ -43,12 +45,15 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 def shard_model(model: nn.Module, precision: str) -> nn.Module:
-    """`fully_shard` each block of `model` (`model.block_types`), then the root; in place (and returned)."""
+    """`fully_shard` each block of `model` (`model.block_types`), then the root, gathering parameters in the dtype the
+    module docstring explains; in place (and returned)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if not dist.is_initialized():
         raise RuntimeError("trainer.parallelism=fsdp needs a process group (init_distributed makes one).")
-    policy = MixedPrecisionPolicy(param_dtype=_PARAM_DTYPES[precision], reduce_dtype=torch.float32)
+    has_batch_norm = any(isinstance(module, nn.modules.batchnorm._NormBase) for module in model.modules())
+    param_dtype = None if has_batch_norm else _PARAM_DTYPES[precision]
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     block_types = tuple(getattr(model, "block_types", ()))
     for module in model.modules():
         if block_types and isinstance(module, block_types):
