@@ -22,6 +22,7 @@ def errors(*overrides: str, world_size: int | None = 1, base: tuple[str, ...] = 
 
 def test_a_good_config_has_no_errors() -> None:  # the negative control of every case below
     assert errors() == [] and errors(world_size=2) == [] and errors(world_size=None) == []
+    assert errors("trainer.parallelism=fsdp") == []
 
 
 @pytest.mark.parametrize("override, message", [
@@ -45,6 +46,7 @@ def test_a_good_config_has_no_errors() -> None:  # the negative control of every
     ("trainer.precision=fp8", "trainer.precision must be one of ['bf16', 'fp16', 'fp32'], got 'fp8'"),
     ("trainer.nonfinite=ignore", "trainer.nonfinite must be one of skip, stop, rewind, got 'ignore'"),
     ("trainer.max_consecutive_skips=0", "trainer.max_consecutive_skips must be >= 1"),
+    ("trainer.parallelism=zero3", "trainer.parallelism must be one of ddp, fsdp (ddp: a replica per GPU; fsdp: FSDP2"),
 ])
 def test_each_config_error_says_what_to_change(override: str, message: str) -> None:
     (error,) = errors(override)
@@ -111,6 +113,20 @@ def test_the_entry_point_reports_a_config_error_once_without_a_traceback_even_wi
     assert "Traceback" not in result.stderr + result.stdout
     assert "prepare-imagenet" not in result.stderr  # the dataset was never opened
     assert not (tmp_path / "run").exists()
+
+
+def test_the_entry_point_reports_a_missing_dataset_with_the_status_the_launcher_does_not_restart(tmp_path) -> None:
+    """Started without novograd.engine.launcher's pre-flight check (torchrun or python directly), a worker finds the
+    missing dataset itself: exit status 2 (NOT_RESTARTED: the same command would fail the same way), not a crash."""
+    from novograd.engine.exit_codes import EXIT_USAGE, NOT_RESTARTED
+
+    command = [sys.executable, "-m", "novograd.train", "experiment=table1/novograd_100ep", "logger=none",
+               f"data.root={tmp_path / 'no-imagenet-here'}", f"trainer.output_dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONFIG_DIR.parent)})
+    assert result.returncode == EXIT_USAGE and EXIT_USAGE in NOT_RESTARTED, result.stderr[-2000:]
+    assert result.stderr.count("Dataset not found (nothing was started)") == 1 and "prepare-imagenet" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("override, message", [

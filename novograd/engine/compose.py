@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from novograd.engine.config_checks import (
-    ConfigError, check_config, composition_error_message, format_problems, unknown_experiment_problem,
+    ConfigError, check_config, composition_error_message, data_problems, format_problems, unknown_experiment_problem,
     unknown_key_problem)
 from novograd.engine.optimizer_swap import swap_optimizer
 
@@ -195,7 +195,9 @@ def settle_and_check(cfg: DictConfig) -> None:
     try:
         notes = settle_config(cfg, hydra_cfg.runtime.choices, overrides)
         check_config(cfg, world_size_from_environment(), added_keys(overrides))
-    except ConfigError as error:
+        if not os.environ.get(LAUNCHER_CHECKED_ENV) and (problems := data_problems(cfg)):  # torchrun without it
+            raise ConfigError(format_problems(problems, "Dataset not found"))
+    except ConfigError as error:  # exit status 2: a launcher does not restart what fails the same way again
         if os.environ.get("LOCAL_RANK", "0") == "0":
             print(error, file=sys.stderr, flush=True)
         sys.exit(2)

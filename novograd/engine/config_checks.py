@@ -40,7 +40,7 @@ def config_errors(cfg: DictConfig, world_size: int | None = None, added_keys: It
     over ranks is not checked); `added_keys` are the keys the command line added with `+key=value`."""
     problems = [*_optimizer_problems(cfg), *_batch_problems(cfg, world_size), *_length_problems(cfg)]
     problems += _schedule_problems(cfg) + _precision_problems(cfg) + _nonfinite_problems(cfg) + _decode_problems(cfg)
-    problems += _target_problems(cfg)
+    problems += _target_problems(cfg) + _parallelism_problems(cfg)
     problems += [problem for key in added_keys if (problem := _added_key_problem(cfg, key))]
     return problems
 
@@ -235,6 +235,18 @@ def _nonfinite_problems(cfg: DictConfig) -> list[str]:
         NonFinitePolicy(trainer.nonfinite, trainer.max_consecutive_skips, trainer.max_rewinds, trainer.min_loss_scale)
     except ValueError as error:
         return [str(error)]
+    return []
+
+
+def _parallelism_problems(cfg: DictConfig) -> list[str]:
+    parallelism = _get(cfg, "trainer.parallelism")
+    if parallelism in (None, "ddp"):  # the default, without importing torch (parallel.py does)
+        return []
+    from novograd.engine.parallel import PARALLELISMS
+
+    if parallelism not in PARALLELISMS:
+        return [f"trainer.parallelism must be one of {', '.join(PARALLELISMS)} (ddp: a replica per GPU; fsdp: FSDP2 "
+                f"shards, docs/sharding.md), got {parallelism!r}."]
     return []
 
 
