@@ -32,11 +32,14 @@ CASES = {
     "transformer_xl_adamw": ["experiment=table6/adamw_12b", "model.dropout=0.0", "optimizer.lr=0.01", EXAMPLES],
     "transformer_novograd": ["experiment=table7/novograd", "model.dropout=0.0", "model.attention_dropout=0.0", TOKENS],
 }
-# bf16 under autocast on both layouts. Jasper's BatchNorms keep the sharded run's gathered weights in fp32, as DDP's;
-# Transformer-XL's are gathered in bf16, where DDP's autocast casts each matmul's weight to bf16 as it goes.
-BF16_CASES = {
+# Mixed precision under autocast on both layouts. Jasper's BatchNorms keep the sharded run's gathered weights in fp32,
+# as DDP's; Transformer-XL's are gathered in bf16 or fp16, where DDP's autocast casts each matmul's weight as it goes.
+MIXED_PRECISION_CASES = {
     "jasper_novograd_bf16": ["experiment=table4/novograd", "model.dropout=0.0", "trainer.precision=bf16", EXAMPLES],
     "transformer_xl_novograd_bf16": ["experiment=table6/novograd_12b", "model.dropout=0.0", "trainer.precision=bf16",
+                                     EXAMPLES],
+    # fp16: weights gathered in fp16, GradScaler's loss scaling and inf checks on the sharded gradients.
+    "transformer_xl_novograd_fp16": ["experiment=table6/novograd_12b", "model.dropout=0.0", "trainer.precision=fp16",
                                      EXAMPLES],
 }
 RESUME_CASE = "resnet_novograd"  # BatchNorm buffers, a checkpoint's shards, NovoGrad's layer-wise state
@@ -74,7 +77,7 @@ def main(root: Path) -> None:
     if dist.get_rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         (root / REDUCE_SCATTERS).write_text(json.dumps(counts))
-    for case, overrides in {**CASES, **BF16_CASES}.items():
+    for case, overrides in {**CASES, **MIXED_PRECISION_CASES}.items():
         for layout in ("ddp", "fsdp"):
             train(root / case / layout, [*overrides, f"trainer.parallelism={layout}"])
     sharded = [*RESUME, "trainer.parallelism=fsdp"]

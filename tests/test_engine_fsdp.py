@@ -21,7 +21,7 @@ import torch
 from novograd.engine import run
 from novograd.engine.checkpoint import CheckpointSpaceError, consolidated, load_checkpoint
 from novograd.engine.compose import compose_config
-from fsdp_engine_worker import BF16_CASES, CASES, COMMON, REDUCE_SCATTERS, RESUME, RESUME_CASE
+from fsdp_engine_worker import MIXED_PRECISION_CASES, CASES, COMMON, REDUCE_SCATTERS, RESUME, RESUME_CASE
 
 WORKER = Path(__file__).with_name("fsdp_engine_worker.py")
 # The layouts differ in how gradients are summed (DDP's bucketed all-reduce against FSDP2's per-unit
@@ -65,12 +65,13 @@ def test_sharded_training_equals_ddp(runs: Path, case: str) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("case", sorted(BF16_CASES))
-def test_sharded_bf16_training_equals_ddp_to_its_rounding(runs: Path, case: str) -> None:
-    """bf16 autocast on both layouts. Jasper's BatchNorms make the sharded run gather fp32 weights, as DDP holds
-    them: fp32's tolerance (measured 6e-8). Transformer-XL gathers bf16 weights, rounded as DDP's autocast rounds a
-    matmul's weight, but also where DDP's other ops read fp32 ones: within a tenth of the last step's change
-    (measured 2.1e-4 against 6.5e-3), which the DDP run one step earlier is not."""
+@pytest.mark.parametrize("case", sorted(MIXED_PRECISION_CASES))
+def test_sharded_mixed_precision_equals_ddp_to_its_rounding(runs: Path, case: str) -> None:
+    """bf16 or fp16 autocast on both layouts (fp16 with GradScaler's loss scaling on the sharded gradients). Jasper's
+    BatchNorms make the sharded run gather fp32 weights, as DDP holds them: fp32's tolerance (measured 6e-8).
+    Transformer-XL gathers bf16 or fp16 weights, rounded as DDP's autocast rounds a matmul's weight, but also where
+    DDP's other ops read fp32 ones: within a tenth of the last step's change (measured bf16 2.1e-4, fp16 2.7e-4,
+    against 6.5e-3), which the DDP run one step earlier is not."""
     checkpoints = {layout: runs / case / layout / "checkpoints" for layout in ("ddp", "fsdp")}
     sharded, replicated = (model_state(checkpoints[layout] / "last.pt") for layout in ("fsdp", "ddp"))
     earlier = model_state(checkpoints["ddp"] / "step_00000002.pt")
