@@ -19,9 +19,10 @@ Sections, each in the same run and written to results/gpu/<device>.json and .md 
    process's), how far the device's images are from the CPU path's (levels), and ResNet-50's training steps through
    the engine with it (throughput and data-wait share).
 5. engine: steps/s through the engine against a bare loop on the same model (scripts/bench_engine.py).
-6. sharded: Transformer-big trained the same way under FSDP2 (`trainer.parallelism=fsdp`, a process group of one):
-   that the sharded path runs here (nccl, bf16 gathers, checkpoints through torch.distributed.checkpoint), its
-   throughput and peak memory as ratios to section 2's unsharded run.
+6. sharded: Transformer-big trained the same way under FSDP2 (`trainer.parallelism=fsdp`, a process group of one),
+   trainer.compile off and on (each block compiled, then sharded): that the sharded path runs here (nccl, bf16
+   gathers, checkpoints through torch.distributed.checkpoint), its throughput and peak memory as ratios to section
+   2's unsharded run.
 7. gpu tests: `pytest -m gpu` in a subprocess, pass/fail counts.
 8. estimate: every paper row's GPU-hours on 8 such GPUs, from the measured throughput and the row's total work.
 
@@ -413,22 +414,31 @@ def check_engine(device: torch.device, budget: Budget, steps: int, repeats: int)
 SHARDED_MODEL = "transformer_big"  # 12 sharded layers and a root holding the tied embeddings
 
 
-def check_sharded(device: torch.device, budget: Budget, steps: int, training: dict[str, Any]) -> dict[str, Any]:
-    """`SHARDED_MODEL` through the engine under FSDP2 as section 2 trains it unsharded; the ratios to that run."""
-    if budget.spent():
-        return {"status": "not run (time budget)"}
+def check_sharded(device: torch.device, budget: Budget, steps: int, training: dict[str, Any],
+                  compile_modes: list[bool]) -> dict[str, Any]:
+    """`SHARDED_MODEL` through the engine under FSDP2 as section 2 trains it unsharded, per trainer.compile setting;
+    the ratios to that run. A failure is reported, not raised: the other sections' figures still get written."""
+    results: dict[str, Any] = {"model": SHARDED_MODEL}
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            sharded = measure_training(SHARDED_MODEL, device, False, steps, Path(tmp), ("trainer.parallelism=fsdp",))
-        except Exception as error:  # reported, not raised: the other sections' figures still get written
-            return {"model": SHARDED_MODEL, "error": f"{type(error).__name__}: {error}"[:300]}
-    result: dict[str, Any] = {"model": SHARDED_MODEL, "fsdp": sharded}
-    unsharded = training.get(SHARDED_MODEL, {}).get("compile off", {})
-    if sharded.get("fits") and unsharded.get("fits"):
-        result["throughput_ratio"] = sharded["throughput"] / unsharded["throughput"]
-        result["peak_memory_ratio"] = sharded["peak_memory_bytes"] / unsharded["peak_memory_bytes"]
-    print(f"  sharded {SHARDED_MODEL}: {result}", flush=True)
-    return result
+        for compile_model in compile_modes:
+            label = f"compile {'on' if compile_model else 'off'}"
+            if budget.spent():
+                results[label] = {"status": "not run (time budget)"}
+                continue
+            try:
+                sharded = measure_training(SHARDED_MODEL, device, compile_model, steps, Path(tmp),
+                                           ("trainer.parallelism=fsdp",))
+            except Exception as error:
+                results[label] = {"error": f"{type(error).__name__}: {error}"[:300]}
+                continue
+            entry: dict[str, Any] = {"fsdp": sharded}
+            unsharded = training.get(SHARDED_MODEL, {}).get(label, {})
+            if sharded.get("fits") and unsharded.get("fits"):
+                entry["throughput_ratio"] = sharded["throughput"] / unsharded["throughput"]
+                entry["peak_memory_ratio"] = sharded["peak_memory_bytes"] / unsharded["peak_memory_bytes"]
+            results[label] = entry
+            print(f"  sharded {SHARDED_MODEL}, {label}: {entry}", flush=True)
+    return results
 
 
 # ------------------------------------------------------------------------------------------------ 7. GPU tests
@@ -592,17 +602,21 @@ def markdown(result: dict[str, Any]) -> str:
                      f"(median of {engine['repeats']}).")
         lines.append("")
     if sharded := result.get("sharded"):
-        lines += ["## Sharded training (`trainer.parallelism=fsdp`, one GPU)", ""]
-        if "status" in sharded or "error" in sharded:
-            lines.append(sharded.get("status") or f"{sharded['model']}: {sharded['error']}")
-        else:
-            run = sharded["fsdp"]
-            lines.append(f"{sharded['model']}: " + (
-                f"{run['throughput']:,.1f} {run['unit']}/s, peak memory {run['peak_memory_bytes'] / 2**30:.2f} GiB"
-                if run.get("fits") else f"does not fit ({run.get('error', '')})"))
-            if "throughput_ratio" in sharded:
-                lines[-1] += (f"; against the unsharded run above: throughput {sharded['throughput_ratio']:.2f}x, "
-                              f"peak memory {sharded['peak_memory_ratio']:.2f}x")
+        lines += ["## Sharded training (`trainer.parallelism=fsdp`, one GPU)", "",
+                  "| model | trainer.compile | throughput | peak memory | against the unsharded run above |",
+                  "|---|---|---|---|---|"]
+        for label, entry in sharded.items():
+            if label == "model":
+                continue
+            run = entry.get("fsdp", {})
+            if not run.get("fits"):
+                what = entry.get("status") or entry.get("error") or f"does not fit ({run.get('error', '')})"
+                lines.append(f"| {sharded['model']} | {label} | {what} | | |")
+                continue
+            ratios = (f"throughput {entry['throughput_ratio']:.2f}x, peak memory {entry['peak_memory_ratio']:.2f}x"
+                      if "throughput_ratio" in entry else "not measured")
+            lines.append(f"| {sharded['model']} | {label} | {run['throughput']:,.1f} {run['unit']} | "
+                         f"{run['peak_memory_bytes'] / 2**30:.2f} GiB | {ratios} |")
         lines.append("")
     tests = result.get("gpu_tests", {})
     if tests:
@@ -641,9 +655,10 @@ def failures(result: dict[str, Any]) -> list[str]:
         found += [f"{key} ({label}) does not fit" for label, m in modes.items() if m.get("fits") is False]
     if result.get("decode", {}).get("training", {}).get("fits") is False:
         found.append("resnet50_v2 with data.decode=gpu does not fit")
-    sharded = result.get("sharded", {})
-    if "error" in sharded or sharded.get("fsdp", {}).get("fits") is False:
-        found.append(f"{SHARDED_MODEL} under trainer.parallelism=fsdp: {sharded.get('error', 'does not fit')}")
+    for label, entry in result.get("sharded", {}).items():
+        if isinstance(entry, dict) and ("error" in entry or entry.get("fsdp", {}).get("fits") is False):
+            found.append(f"{SHARDED_MODEL} under trainer.parallelism=fsdp ({label}): "
+                         f"{entry.get('error', 'does not fit')}")
     return found
 
 
@@ -678,7 +693,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "decode": lambda: check_decode(device, budget, steps=6 if on_gpu else 2, repeats=3 if on_gpu else 1,
                                        per_class=32 if on_gpu else 4),
         "engine": lambda: check_engine(device, budget, steps=30 if on_gpu else 3, repeats=3 if on_gpu else 1),
-        "sharded": lambda: check_sharded(device, budget, steps=6 if on_gpu else 2, training=result.get("training", {})),
+        "sharded": lambda: check_sharded(device, budget, steps=6 if on_gpu else 2, training=result.get("training", {}),
+                                         compile_modes=compile_modes),
         "gpu_tests": lambda: run_gpu_tests(device, budget),
         "estimate": lambda: estimate_rows(result.get("training", {})),
     }

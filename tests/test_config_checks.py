@@ -22,7 +22,7 @@ def errors(*overrides: str, world_size: int | None = 1, base: tuple[str, ...] = 
 
 def test_a_good_config_has_no_errors() -> None:  # the negative control of every case below
     assert errors() == [] and errors(world_size=2) == [] and errors(world_size=None) == []
-    assert errors("trainer.parallelism=fsdp") == []
+    assert errors("trainer.parallelism=fsdp") == errors("trainer.compile=true") == []
 
 
 @pytest.mark.parametrize("override, message", [
@@ -47,9 +47,11 @@ def test_a_good_config_has_no_errors() -> None:  # the negative control of every
     ("trainer.nonfinite=ignore", "trainer.nonfinite must be one of skip, stop, rewind, got 'ignore'"),
     ("trainer.max_consecutive_skips=0", "trainer.max_consecutive_skips must be >= 1"),
     ("trainer.parallelism=zero3", "trainer.parallelism must be one of ddp, fsdp (ddp: a replica per GPU; fsdp: FSDP2"),
+    ("trainer.parallelism=fsdp trainer.compile=true trainer.device=cpu",
+     "trainer.compile=true with trainer.parallelism=fsdp fails on the CPU"),
 ])
 def test_each_config_error_says_what_to_change(override: str, message: str) -> None:
-    (error,) = errors(override)
+    (error,) = errors(*override.split())
     assert error.startswith(message), error
 
 

@@ -44,9 +44,11 @@ def is_sharded(model: nn.Module) -> bool:
     return bool(fsdp_modules(model))
 
 
-def shard_model(model: nn.Module, precision: str) -> nn.Module:
+def shard_model(model: nn.Module, precision: str, compile_blocks: bool = False) -> nn.Module:
     """`fully_shard` each block of `model` (`model.block_types`), then the root, gathering parameters in the dtype the
-    module docstring explains; in place (and returned)."""
+    module docstring explains; in place (and returned). `compile_blocks` (`trainer.compile`): each block's forward
+    is compiled before it is sharded, as torchtitan does; the whole sharded model compiled at once fails in
+    Inductor (torch 2.13, "Cannot convert expression to float")."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if not dist.is_initialized():
@@ -57,6 +59,8 @@ def shard_model(model: nn.Module, precision: str) -> nn.Module:
     block_types = tuple(getattr(model, "block_types", ()))
     for module in model.modules():
         if block_types and isinstance(module, block_types):
+            if compile_blocks:
+                module.compile()  # in place: the module stays itself, its forward compiled
             fully_shard(module, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return model

@@ -193,10 +193,10 @@ class Trainer:
                              f"{trainer_cfg.parallelism!r}.")
         self.sharded = trainer_cfg.parallelism == "fsdp"
         if self.sharded:  # before the optimizer is built: it holds the shards
-            parallel.shard_model(model, trainer_cfg.precision)
+            parallel.shard_model(model, trainer_cfg.precision, compile_blocks=trainer_cfg.compile)
         self.model = model  # the bare (or sharded) module: checkpoints and evaluation
         self.optimizer = build_optimizer(cfg.optimizer, model)
-        self.eval_model = torch.compile(model) if trainer_cfg.compile else model
+        self.eval_model = torch.compile(model) if trainer_cfg.compile and not self.sharded else model
         self.train_model: nn.Module = self.eval_model
         if context.is_distributed and not self.sharded:
             self.train_model = nn.parallel.DistributedDataParallel(
