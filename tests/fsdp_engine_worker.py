@@ -60,7 +60,7 @@ def count_reduce_scatters() -> dict[str, int]:
 
     model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
     model.block_types = (nn.Linear,)  # type: ignore[assignment]
-    parallel.shard_model(model, "fp32")  # the root holds no parameter of its own: two reducing units
+    parallel.shard_model(model, None)  # the root holds no parameter of its own: two reducing units
     batches = [torch.randn(2, 4) for _ in range(3)]
     counts = {}
     for per_step, name in ((3, "3 micro-batches x 1 step"), (1, "1 micro-batch x 3 steps")):

@@ -30,15 +30,15 @@ import logging
 import os
 import re
 import shutil
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from novograd.engine.batches import tensors_in
-from novograd.engine.distributed import barrier, broadcast_object
+from novograd.engine.distributed import barrier
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
@@ -46,8 +46,8 @@ BEST = "best.pt"
 SHARDS = "shards"  # the key naming a sharded checkpoint's directory of DCP shards (model and optimizer)
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 _SHARDS_DIRECTORY = re.compile(r"^shards_\d+$")
-# `.last.pt.tmp<pid>`, `.shards_<step>.tmp<pid>`: what a save writes before its rename
-_TEMPORARY_FILE = re.compile(r"^\..+\.tmp\d+$")
+# `.last.pt.tmp<pid>`, `.shards_<step>.tmp`: what a save writes before its rename
+_TEMPORARY_FILE = re.compile(r"^\..+\.tmp\d*$")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 log = logging.getLogger(__name__)
@@ -134,22 +134,20 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
 
 
 def save_shards(shards: dict[str, Any], directory: Path, is_main: bool) -> None:
-    """Every rank writes its shards of `shards` (DTensors, and plain tensors rank 0 writes once) into `directory`
+    """Every rank writes its shards of `shards` (DTensors, and plain tensors one rank writes) into `directory`
     through DCP, by way of a temporary directory renamed once all ranks have written and fsynced theirs. A
     collective: call on every rank. A full disk raises CheckpointSpaceError on every rank."""
     import torch.distributed.checkpoint as dcp
-
-    # Rank 0's process id: the temporary's name is the same on every rank.
-    tmp = directory.with_name(f".{directory.name}.tmp{broadcast_object(os.getpid())}")
     from torch.distributed.checkpoint.api import CheckpointException
 
+    tmp = directory.with_name(f".{directory.name}.tmp")  # the same name on every rank, which DCP creates
     try:
         dcp.save(shards, checkpoint_id=tmp)  # FileSystemWriter fsyncs each file it writes
     except (Exception, CheckpointException) as error:  # every rank gets every rank's failure in one (a BaseException)
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         if _is_no_space(error):
-            raise _space_error(directory, _tensor_bytes(shards) * _world_size()) from error
+            raise _space_error(directory, _tensor_bytes(shards) * dist.get_world_size()) from error
         raise
     if is_main:
         _fsync_directory(tmp)
@@ -157,14 +155,13 @@ def save_shards(shards: dict[str, Any], directory: Path, is_main: bool) -> None:
             shutil.rmtree(directory)  # and a resume falls back to previous.pt
         os.replace(tmp, directory)
         _fsync_directory(directory.parent)
-    barrier()
+    barrier()  # renamed before rank 0 writes the file that names it, and before any rank goes on
 
 
 def load_shards(shards: dict[str, Any], directory: Path) -> None:
     """Fill `shards` (the state dict this rank's model and optimizer make, sharded for this run's ranks) from
     `directory`, resharding as needed. A collective; an unreadable shard raises on every rank."""
     import torch.distributed.checkpoint as dcp
-
     from torch.distributed.checkpoint.api import CheckpointException
 
     if not (directory / ".metadata").is_file():
@@ -193,9 +190,6 @@ def consolidated(path: Path) -> dict[str, Any]:
         gathered.unlink(missing_ok=True)
     return state
 
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 class CheckpointManager:
@@ -242,7 +236,6 @@ class CheckpointManager:
         if self.is_main:
             self.directory.mkdir(parents=True, exist_ok=True)
         if shards is not None:
-            barrier()  # the directory exists for every rank
             name = f"shards_{step:08d}"
             save_shards(shards, self.directory / name, self.is_main)
             state = {**state, SHARDS: name}

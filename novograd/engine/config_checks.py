@@ -240,17 +240,15 @@ def _nonfinite_problems(cfg: DictConfig) -> list[str]:
 
 def _parallelism_problems(cfg: DictConfig) -> list[str]:
     """An unknown `trainer.parallelism`, or FSDP2 with `trainer.compile` where it fails (the CPU)."""
-    parallelism = _get(cfg, "trainer.parallelism")
-    if parallelism in (None, "ddp"):  # the default, without importing torch (parallel.py does)
-        return []
-    from novograd.engine.parallel import PARALLELISMS
-
-    if parallelism not in PARALLELISMS:
-        return [f"trainer.parallelism must be one of {', '.join(PARALLELISMS)} (ddp: a replica per GPU; fsdp: FSDP2 "
-                f"shards, docs/sharding.md), got {parallelism!r}."]
     import torch
 
-    if cfg.trainer.compile and (cfg.trainer.device == "cpu" or not torch.cuda.is_available()):
+    from novograd.engine.parallel import shards
+
+    try:
+        sharded = shards(cfg.trainer.parallelism)
+    except ValueError as error:
+        return [str(error)]
+    if sharded and cfg.trainer.compile and (cfg.trainer.device == "cpu" or not torch.cuda.is_available()):
         return ["trainer.compile=true with trainer.parallelism=fsdp fails on the CPU (TorchInductor, torch 2.13: "
                 "'Cannot convert expression to float' in the backward of a sharded block): set trainer.compile=false, "
                 "or run on CUDA, where each block is compiled before it is sharded (docs/sharding.md)."]

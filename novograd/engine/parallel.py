@@ -30,7 +30,15 @@ import torch.distributed as dist
 from torch import nn
 
 PARALLELISMS = ("ddp", "fsdp")
-_PARAM_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def shards(parallelism: str) -> bool:
+    """Whether `trainer.parallelism` asks for FSDP2 shards (fsdp) rather than DDP replicas (ddp); a ValueError
+    naming the choices for anything else."""
+    if parallelism not in PARALLELISMS:
+        raise ValueError(f"trainer.parallelism must be one of {', '.join(PARALLELISMS)} (ddp: a replica per GPU; "
+                         f"fsdp: FSDP2 shards, docs/sharding.md), got {parallelism!r}.")
+    return parallelism == "fsdp"
 
 
 def fsdp_modules(model: nn.Module) -> list[nn.Module]:
@@ -40,13 +48,10 @@ def fsdp_modules(model: nn.Module) -> list[nn.Module]:
     return [module for module in reversed(list(model.modules())) if isinstance(module, FSDPModule)]
 
 
-def is_sharded(model: nn.Module) -> bool:
-    return bool(fsdp_modules(model))
-
-
-def shard_model(model: nn.Module, precision: str, compile_blocks: bool = False) -> nn.Module:
-    """`fully_shard` each block of `model` (`model.block_types`), then the root, gathering parameters in the dtype the
-    module docstring explains; in place (and returned). `compile_blocks` (`trainer.compile`): each block's forward
+def shard_model(model: nn.Module, autocast_dtype: torch.dtype | None, compile_blocks: bool = False) -> nn.Module:
+    """`fully_shard` each block of `model` (`model.block_types`), then the root, gathering parameters in
+    `autocast_dtype` (`Precision.dtype`; None: fp32) or fp32 as the module docstring explains; in place (and
+    returned). `compile_blocks` (`trainer.compile`): each block's forward
     is compiled before it is sharded, as torchtitan does; the whole sharded model compiled at once fails in
     Inductor (torch 2.13, "Cannot convert expression to float")."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -54,7 +59,7 @@ def shard_model(model: nn.Module, precision: str, compile_blocks: bool = False) 
     if not dist.is_initialized():
         raise RuntimeError("trainer.parallelism=fsdp needs a process group (init_distributed makes one).")
     has_batch_norm = any(isinstance(module, nn.modules.batchnorm._NormBase) for module in model.modules())
-    param_dtype = None if has_batch_norm else _PARAM_DTYPES[precision]
+    param_dtype = None if has_batch_norm else autocast_dtype
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     block_types = tuple(getattr(model, "block_types", ()))
     for module in model.modules():

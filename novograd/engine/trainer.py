@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate as `cfg` says; returns the summary (`preempted: True` when stopped early). A run whose
     output directory holds a finished run trains nothing and returns that run's summary."""
     owns_process_group = not torch.distributed.is_initialized()
-    context = distributed.init_distributed(cfg.trainer.device, group_alone=cfg.trainer.parallelism == "fsdp")
+    context = distributed.init_distributed(cfg.trainer.device, group_alone=parallel.shards(cfg.trainer.parallelism))
     if not context.is_main:
         logging.getLogger("novograd").setLevel(logging.WARNING)  # one rank reports; the others only warn
     try:
@@ -188,12 +188,10 @@ class Trainer:
                 raise ValueError("trainer.sync_bn=true needs CUDA devices (torch's SyncBatchNorm runs only there); "
                                  "on the CPU keep trainer.sync_bn=false (BatchNorm statistics per micro-batch).")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if trainer_cfg.parallelism not in parallel.PARALLELISMS:
-            raise ValueError(f"trainer.parallelism must be one of {', '.join(parallel.PARALLELISMS)}, got "
-                             f"{trainer_cfg.parallelism!r}.")
-        self.sharded = trainer_cfg.parallelism == "fsdp"
+        self.precision = Precision(trainer_cfg.precision, context.device)
+        self.sharded = parallel.shards(trainer_cfg.parallelism)
         if self.sharded:  # before the optimizer is built: it holds the shards
-            parallel.shard_model(model, trainer_cfg.precision, compile_blocks=trainer_cfg.compile)
+            parallel.shard_model(model, self.precision.dtype, compile_blocks=trainer_cfg.compile)
         self.model = model  # the bare (or sharded) module: checkpoints and evaluation
         self.optimizer = build_optimizer(cfg.optimizer, model)
         self.eval_model = torch.compile(model) if trainer_cfg.compile and not self.sharded else model
@@ -225,7 +223,6 @@ class Trainer:
         if self.total_steps <= 0:
             raise ValueError("Set trainer.epochs or trainer.max_steps to a positive number.")
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps)
-        self.precision = Precision(trainer_cfg.precision, context.device)
         self.nonfinite = NonFinitePolicy(
             trainer_cfg.nonfinite, trainer_cfg.max_consecutive_skips, trainer_cfg.max_rewinds,
             trainer_cfg.min_loss_scale,
@@ -306,8 +303,10 @@ class Trainer:
         self.progress.elapsed_s = self._elapsed()
         state = self._state()
         shards = None
-        if self.sharded:  # rank 0's buffers, as DDP saves them (DCP writes each replicated tensor from any one rank)
-            parallel.sync_buffers(self.model)
+        if self.sharded:
+            if self.progress.last_eval_step != self.progress.step:  # an evaluation here synchronised them already
+                # Rank 0's buffers, as DDP saves them: DCP writes each replicated tensor from any one rank.
+                parallel.sync_buffers(self.model)
             shards = parallel.sharded_state(self.model, self.optimizer)
         self.checkpoints.save(state, self.progress.step, is_best, shards)
         distributed.barrier()
