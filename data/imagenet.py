@@ -9,11 +9,12 @@ The loader's workers do only what needs the CPU, as NVIDIA DeepLearningExamples'
 crop and flip, leaving uint8 tensors (a quarter of float32's bytes to collate, pin and copy). Conversion to float and
 normalisation run on the device (`normalize_images`, the workload's `on_device`), with the same torchvision
 functions the CPU ran before, so they give the same floats. Three-channel JPEGs (nearly all of ILSVRC2012) are
-decoded by `torchvision.io.decode_jpeg` (libjpeg-turbo, about 1.4x PIL's speed on one core, the same pixels as
-Pillow's libjpeg-turbo with its default settings); the rest (CMYK and greyscale JPEGs, the one PNG named `.JPEG`)
-by PIL's `convert("RGB")` as before. The crop and resize then run on the uint8 tensor (torch's antialiased uint8
-kernels, about 2.4x PIL's resize per core); they round to uint8 with a different fixed-point arithmetic than PIL's,
-so a few per cent of pixels differ from a PIL resize by one level (tests/test_imagenet.py measures it).
+decoded by `torchvision.io.decode_jpeg` (libjpeg-turbo, the same pixels as Pillow's libjpeg-turbo with its default
+settings), greyscale ones too (their one channel repeated, as PIL's `convert("RGB")` does); the rest (CMYK JPEGs,
+the one PNG named `.JPEG`) by PIL's `convert("RGB")` as before. The crop and resize then run on the uint8 tensor
+(torch's antialiased uint8 kernels; `make bench-data` times PIL's resize against them); they round to uint8 with a
+different fixed-point arithmetic than PIL's, so a few per cent of pixels differ from a PIL resize by one level
+(tests/test_imagenet.py bounds it, results/bench/data.md measures it).
 
 `decode="gpu"` (`data.decode=gpu`, for nodes with few cores per GPU) moves the decode to the device as well: workers
 only read each three-channel JPEG's bytes and draw its crop and flip, from the same per-sample generator and in the
@@ -30,6 +31,7 @@ knows about processes.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -92,12 +94,15 @@ class JpegFile(NamedTuple):
 
 def _decode_rgb(path: str) -> torch.Tensor:
     """Decode `path` fully into a uint8 RGB tensor (3, H, W), or raise `UnreadableImageError` naming it."""
+    return _decode_bytes(path, _read(path))
+
+
+def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            return file.read()
     except OSError as error:
         raise _unreadable(path, error) from error
-    return _decode_bytes(path, data)
 
 
 def _decode_bytes(path: str, data: bytes) -> torch.Tensor:
@@ -109,6 +114,8 @@ def _decode_bytes(path: str, data: bytes) -> torch.Tensor:
             image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
             if image.shape[0] == 3:
                 return image
+            if image.shape[0] == 1:  # greyscale: PIL's convert("RGB") repeats the one channel
+                return image.expand(3, -1, -1).clone()
         except RuntimeError:  # not a JPEG, or a damaged one: PIL decodes it or says why not
             pass
         with Image.open(io.BytesIO(data)) as image:
@@ -128,15 +135,14 @@ def _unreadable(path: str, error: BaseException) -> UnreadableImageError:
 def _read_for_device(path: str) -> JpegFile | torch.Tensor:
     """The loader of decode="gpu": a three-channel JPEG's bytes and size (its header only is parsed), or, for any
     other file, the full decode of the CPU path."""
+    data = _read(path)
     try:
-        with open(path, "rb") as file:
-            data = file.read()
         with Image.open(io.BytesIO(data)) as header:
             if header.format == "JPEG" and header.mode == "RGB":
                 return JpegFile(torch.frombuffer(bytearray(data), dtype=torch.uint8), header.height, header.width)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         pass  # the CPU decode names the file
-    return _decode_rgb(path)
+    return _decode_bytes(path, data)
 
 
 class DeferredTransform:
@@ -256,7 +262,15 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     layout (channels-last) is kept."""
     from torchvision.transforms.v2.functional import normalize, to_dtype
 
-    return normalize(to_dtype(images, torch.float32, scale=True), list(IMAGENET_MEAN), list(IMAGENET_STD))
+    mean, std = _mean_std(images.device)
+    return normalize(to_dtype(images, torch.float32, scale=True), mean, std, inplace=True)
+
+
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ImageNet mean and std on `device`, made once: torchvision would copy its lists there for every batch."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(-1, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(-1, 1, 1))
 
 
 def check_layout(root: str | os.PathLike[str]) -> Path:

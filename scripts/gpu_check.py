@@ -465,7 +465,7 @@ def run_gpu_tests(device: torch.device, budget: Budget) -> dict[str, Any]:
     return {**counts, "exit_status": completed.returncode, "failed_tests": failed, "command": " ".join(command)}
 
 
-# ------------------------------------------------------------------------------------------------- 7. estimate
+# ------------------------------------------------------------------------------------------------- 8. estimate
 def row_work(row: str) -> tuple[float, str]:
     """A row's total training work in its workload's unit, and how it was counted."""
     cfg = compose_config([f"experiment={row}"])

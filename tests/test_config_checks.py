@@ -69,7 +69,7 @@ def test_the_gpu_decode_is_refused_without_cuda_with_what_to_do(monkeypatch) -> 
     assert errors("data.decode=gpu", "trainer.device=cuda") == []
     (error,) = errors("data.decode=gpu", "trainer.device=cuda", "data.skip_corrupt=true")
     assert error.startswith("data.decode=gpu cannot skip unreadable images") and "data.skip_corrupt=false" in error
-    assert errors("data.decode=nvjpeg") == ["data.decode must be cpu or gpu, got 'nvjpeg'."]
+    assert errors("data.decode=nvjpeg") == ["data.decode must be one of ['cpu', 'gpu'], got 'nvjpeg'."]
 
 
 def test_the_split_over_ranks_is_checked_for_the_world_size() -> None:

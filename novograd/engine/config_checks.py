@@ -258,11 +258,13 @@ def _parallelism_problems(cfg: DictConfig) -> list[str]:
 def _decode_problems(cfg: DictConfig) -> list[str]:
     """`data.decode=gpu` (the workers read the files, the training GPU decodes them) where it cannot run: without
     CUDA, or with `data.skip_corrupt`, whose substitute for an unreadable file is found by the worker's decode."""
+    from data.imagenet import DECODE_CHOICES
+
     decode = _get(cfg, "data.decode")
     if decode is None or decode == "cpu":
         return []
-    if decode != "gpu":
-        return [f"data.decode must be cpu or gpu, got {decode!r}."]
+    if decode not in DECODE_CHOICES:
+        return [f"data.decode must be one of {list(DECODE_CHOICES)}, got {decode!r}."]
     import torch
 
     problems = []

@@ -73,7 +73,7 @@ class ImageNetWorkload(Workload):
             eval_resize=data["eval_resize"],
             crop_scale=tuple(data["crop_scale"]),
             skip_corrupt=data["skip_corrupt"],
-            decode=data.get("decode", "cpu"),
+            decode=data["decode"],
         )
         return train, {"val": val}
 
