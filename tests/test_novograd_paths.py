@@ -142,3 +142,21 @@ def test_torch_compile_keeps_in_place_updates_of_0dim_fp64_cpu_inputs():
     v = torch.tensor(3.0, dtype=torch.float64)
     torch.compile(_add_one, backend="aot_eager")(v)
     assert v.item() == 4.0
+
+
+@pytest.mark.parametrize("path", [dict(foreach=False), dict(foreach=True)])
+def test_layer_norms_take_a_pass_of_their_own_only_when_needed_first(monkeypatch, path) -> None:
+    """Unsharded, unclipped, unguarded: the update computes each layer's norm as it reads the gradient (one pass).
+    Clipping needs them before the update (the negative control): then, and only then, a separate pass."""
+    import novograd.optim.novograd as module
+
+    calls = []
+    real = module._set_layer_norms
+    monkeypatch.setattr(module, "_set_layer_norms", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    param = torch.nn.Parameter(torch.randn(4))
+    param.grad = torch.randn(4)
+    optimizer = NovoGrad([param], lr=0.1, **path)
+    optimizer.step()
+    assert calls == []
+    optimizer.step(max_grad_norm=1.0)
+    assert calls == [1]

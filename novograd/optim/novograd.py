@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 # Relative: the same file is the module novograd_optim.novograd of the standalone package (packages/novograd-optim).
-from .sharded import full_norms, is_sharded, local, shard_groups
+from .sharded import full_norms, local, shard_groups
 
 __all__ = ["NovoGrad", "novograd"]
 
@@ -191,16 +191,15 @@ class NovoGrad(Optimizer):
         exp_avg_sqs: list[Tensor],
         max_exp_avg_sqs: list[Tensor],
         first_steps: list[bool],
-    ) -> bool:
+    ) -> None:
         """Append the parameters of `group` that have a gradient, with their state (created at a layer's first
-        step), to the lists, as torch.optim's optimizers do; returns whether any of them is sharded (a DTensor).
+        step), to the lists, as torch.optim's optimizers do.
 
         The lists-in, constant-out signature is the one torch.compile's Dynamo runs eagerly instead of tracing
         when it compiles a function that calls `step()` (torch/_dynamo/variables/optimizer.py). Dynamo may run it
         again when it restarts a trace, after the state exists: a parameter is "first" while its id is in
         `_fresh`, which the step empties when it is done (a side effect Dynamo applies only after the graph ran)."""
         amsgrad = group["amsgrad"]
-        has_sharded = False
         for p in group["params"]:
             grad = p.grad
             if grad is None:
@@ -221,7 +220,6 @@ class NovoGrad(Optimizer):
                 self._fresh.add(id(p))
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
-            has_sharded |= is_sharded(p)
             params.append(p)
             grads.append(grad)
             exp_avgs.append(state["exp_avg"])
@@ -229,7 +227,6 @@ class NovoGrad(Optimizer):
             if amsgrad:
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             first_steps.append(id(p) in self._fresh)
-        return has_sharded
 
     @torch.no_grad()
     def step(self, closure=None, *, max_grad_norm: float | None = None, nonfinite: Tensor | None = None):
@@ -280,7 +277,7 @@ class NovoGrad(Optimizer):
             groups.append((group, _buckets(*lists, amsgrad=group["amsgrad"])))
         buckets = [bucket for _, group_buckets in groups for bucket in group_buckets]
         norms_first = max_grad_norm is not None or nonfinite is not None
-        if norms_first or any(bucket.shard_groups for bucket in buckets):
+        if norms_first or any(bucket.sharded for bucket in buckets):
             _set_layer_norms([(bucket, bool(group["fused"])) for group, group_buckets in groups
                               for bucket in group_buckets])
         grad_factor, total_norm = inv_scale, None
@@ -373,6 +370,11 @@ class _Bucket:
     grad_norms: list[Tensor] | None = None
     shard_groups: list[tuple[Any, ...]] = field(default_factory=list)
 
+    @property
+    def sharded(self) -> bool:
+        """Whether a layer of the bucket is sharded (its norm then needs the other shards' before the update)."""
+        return any(self.shard_groups)
+
     def tensors(self) -> tuple[Any, ...]:
         """The positional arguments of the update functions."""
         return (self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs, self.grad_norms)
@@ -444,7 +446,7 @@ def novograd(
     """
     buckets = _buckets(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, first_step, amsgrad=amsgrad,
                        grad_norms=grad_norms)
-    if grad_norms is None and any(bucket.shard_groups for bucket in buckets):
+    if grad_norms is None and any(bucket.sharded for bucket in buckets):
         _set_layer_norms([(bucket, bool(fused)) for bucket in buckets])
     _step_buckets(
         buckets, grad_factor=grad_factor, foreach=foreach, fused=fused, lr=lr, beta1=beta1, beta2=beta2,
@@ -472,8 +474,8 @@ class _Coefficients(NamedTuple):
     maximize: bool
 
 
-# The numbers of _Coefficients, in its order, after lr in the compiled update's tensor of hyperparameters.
-_NUMBERS = 5
+# The numbers of _Coefficients (the fields before its flags), after lr in the compiled update's hyperparameter tensor.
+_NUMBERS = _Coefficients._fields.index("decay")
 
 
 def _coefficients(

@@ -9,13 +9,16 @@ them into the layers' sums; the optimizer then updates the local shards only.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_sharded", "local", "full_norms"]
+__all__ = ["is_sharded", "local", "shard_groups", "full_norms"]
 
 
+@functools.cache
 def _dtensor_class():
     """DTensor, or None where torch.distributed is not built (the optimizer then never sees one)."""
     if not dist.is_available():
