@@ -186,11 +186,7 @@ def wandb_runs(api: WandbApi, entity: str | None, project: str, experiments: Ite
     runs, set_aside = [], Counter() if set_aside is None else set_aside
     for run in api.runs(path, filters=wandb_filters(experiments)):
         config = dict(run.config)
-        summary_metrics = dict(run.summary_metrics)
-        summary = final_metrics(summary_metrics)
-        if summary_metrics.get("diverged"):  # the fail-safe's keys, with or without the `final/` prefix
-            step = summary_metrics.get("diverged_at_step", summary.get("diverged_at_step"))
-            summary |= {"diverged": True, "diverged_at_step": step}
+        summary = final_metrics(dict(run.summary_metrics))
         experiment = config.get("experiment_name")
         if not experiment:
             set_aside[DEBUG] += 1
