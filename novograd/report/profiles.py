@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from novograd.engine.logger import optimizer_name
 from novograd.report.matching import row_config
 from novograd.report.targets import TimeLine
 
@@ -55,7 +56,7 @@ def workload_times(tables: dict[str, Any], lines: list[TimeLine], measure: str) 
     """Per optimizer-comparison table, each optimizer's fastest row median of `measure` ("seconds" or "steps") among
     the rows' times to target (`lines`); rows whose runs did not log their training time are left out of
     "seconds"."""
-    optimizers = {name: {row["experiment"]: row_config(row["experiment"])["optimizer"]["name"]  # type: ignore[index]
+    optimizers = {name: {row["experiment"]: optimizer_name(row_config(row["experiment"])["optimizer"])
                          for row in table["rows"] if "experiment" in row} for name, table in tables.items()}
     times: dict[str, dict[str, float]] = {}
     for line in lines:
