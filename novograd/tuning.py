@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from omegaconf import OmegaConf
 
 from novograd.engine.exit_codes import EXIT_DIVERGED
+from novograd.engine.logger import optimizer_name
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCH_SPACES = REPO / "configs" / "search_space"
@@ -69,7 +70,7 @@ def load_search_space(path: Path) -> dict[str, Range]:
     if not path.is_file():
         known = sorted(str(p.relative_to(SEARCH_SPACES)) for p in SEARCH_SPACES.glob("*/*.yaml"))
         raise SystemExit(f"No search space {path}: write one (ranges as the others: {', '.join(known)}).")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = OmegaConf.to_container(OmegaConf.load(path))
     space = {}
     for key, bounds in spec.items():
         where = f"{path}: {key}"
@@ -77,8 +78,7 @@ def load_search_space(path: Path) -> dict[str, Range]:
             raise SystemExit(f"{where}: give {{low: <number>, high: <number>, log: true|false}}, not {bounds!r}.")
         low, high, log = bounds["low"], bounds["high"], bounds.get("log", False)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
-            raise SystemExit(f"{where}: low and high must be numbers with low < high (YAML reads 1e-4 as text: "
-                             f"write 1.0e-4), not {low!r} and {high!r}.")
+            raise SystemExit(f"{where}: low and high must be numbers with low < high, not {low!r} and {high!r}.")
         if log and low <= 0:
             raise SystemExit(f"{where}: a log scale needs low > 0 (it is {low!r}); use log: false to include 0.")
         space[key] = Range(float(low), float(high), bool(log))
@@ -130,29 +130,27 @@ def experiment_of(name: str) -> str:
     raise SystemExit(f"No paper row {name!r}: the rows are {', '.join(by_target)} (`make help`).")
 
 
-def row_search_space(experiment: str, extra: list[str]) -> tuple[Path, dict[str, Range]]:
+def row_search_space(experiment: str, extra: list[str]) -> dict[str, Range]:
     """The search space of the row as `extra` overrides leave it (its workload and optimizer), every key checked to
     be a number of the row's config."""
-    from omegaconf import OmegaConf
-
     from novograd.engine.compose import compose_config
 
     cfg = compose_config([f"experiment={experiment}", *extra], output_dir="tuning")  # the path is not used
     workload = str(cfg.workload._target_).rsplit(".", 2)[-2]  # novograd.workloads.<workload>.<Class>
-    path = search_space_path(workload, str(cfg.optimizer.get("name", "")))
+    path = search_space_path(workload, optimizer_name(cfg.optimizer))
     space = load_search_space(path)
     for key in space:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SystemExit(f"{path}: {key} is {value!r} in {experiment}'s config, not a number to tune.")
-    return path, space
+    return space
 
 
 def budget(experiments: list[str], trials: int, seed: int, extra: list[str]) -> list[Trial]:
     """Every row's `trials` points of its search space, drawn with `seed`."""
     out = []
     for experiment in experiments:
-        _, space = row_search_space(experiment, extra)
+        space = row_search_space(experiment, extra)
         out += [Trial(experiment, seed, index, point) for index, point in enumerate(draw_points(space, trials, seed))]
     return out
 

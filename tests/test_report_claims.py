@@ -128,8 +128,8 @@ def test_every_claim_names_rows_of_its_table_and_metrics_with_a_tolerance_and_th
 def test_a_diverged_wandb_run_is_a_finished_run_with_its_step():
     class Run:
         config = {**run_config("table7/novograd"), "experiment_name": "table7/novograd"}
-        summary_metrics = {"final/steps": 1200, "final/stop_reason": "diverged", "diverged": True,
-                           "diverged_at_step": 1200}
+        summary_metrics = {"final/steps": 30, "final/stop_reason": "diverged", "final/diverged": True,
+                           "final/diverged_at_step": 30}
 
     class Api:
         def runs(self, path, filters):
@@ -137,10 +137,7 @@ def test_a_diverged_wandb_run_is_a_finished_run_with_its_step():
 
     set_aside = Counter()
     (run,) = wandb_runs(Api(), None, "novograd", ["table7/novograd"], set_aside)
-    assert run.diverged_at_step == 1200 and not set_aside
-    Run.summary_metrics = {"final/steps": 30, "final/diverged": True, "final/diverged_at_step": 30}
-    (run,) = wandb_runs(Api(), None, "novograd", ["table7/novograd"], set_aside)
-    assert run.diverged_at_step == 30
+    assert run.diverged_at_step == 30 and not set_aside
 
 
 def test_debug_runs_are_compared_on_request_against_their_rows_debug_twin(tmp_path, capsys):

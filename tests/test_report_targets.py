@@ -20,7 +20,8 @@ from novograd.engine.config_checks import config_errors
 from novograd.engine.target import TRAIN_ELAPSED, target_summary
 from novograd.report.sources import _jsonl_history, local_runs
 from novograd.report.tables import load_paper_tables, main
-from novograd.report.targets import Reached, Target, row_times, table_target, time_to_target
+from novograd.report.targets import (
+    Reached, RowTimes, Target, TimeLine, render_times, row_times, table_target, time_to_target)
 
 TABLES = load_paper_tables()
 GOALS = load_claims()["goals"]
@@ -166,6 +167,17 @@ def test_the_report_takes_a_runs_time_to_target_from_its_summary_and_from_the_re
                   jasper_records(final_wer=3.0, epochs=8))
     found = [time_to_target(run, target) for run in local_runs(tmp_path)]  # in the order of their directories
     assert found == [Reached(40, 123.0), None, Reached(80, None), Reached(80, None)]
+
+
+def test_training_times_to_target_read_in_hours_as_the_console_writes_them():
+    """A median past a day reads as hours (the console's elapsed and wall time), never as `1 day, 2:03:04`."""
+    target = table_target(TABLES["table4"], GOALS)
+    lines = [TimeLine("table4", target, label, "table4/x", RowTimes(1, 1, 10.0, seconds))
+             for label, seconds in [("day", 26 * 3600 + 184.4), ("untimed", None), ("missed", math.inf)]]
+    text = render_times({"table4": TABLES["table4"]}, lines)
+    assert "| day (`table4/x`) | 1 of 1 | 10 | 26:03:04 |" in text
+    assert "| untimed (`table4/x`) | 1 of 1 | 10 | not logged |" in text
+    assert "| missed (`table4/x`) | 1 of 1 | 10 | missed |" in text
 
 
 def test_the_performance_profile_of_known_times_is_algoperfs():

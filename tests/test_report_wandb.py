@@ -12,8 +12,8 @@ import pytest
 from report_runs import jasper_records, run_config, write_run
 
 import novograd.report.tables as tables_module
-from novograd.engine.logger import RunLogger
-from novograd.engine.target import Target, target_summary
+from novograd.engine.logger import STEP_METRIC, RunLogger
+from novograd.engine.target import TRAIN_ELAPSED, Reached, Target, first_reached, target_summary
 from novograd.report.figures import draw_figure
 from novograd.report.sources import local_runs, wandb_runs
 from novograd.report.rows import sort_runs
@@ -89,8 +89,10 @@ class FakeApiRun:
             if values:
                 self.summary_metrics[name] = {goal: (min if goal == "min" else max)(values)}
         self.rows = run.history
+        self.scans: list[list[str]] = []
 
     def scan_history(self, keys):
+        self.scans.append(keys)
         return [row for row in self.rows if all(key in row for key in keys)]
 
     def field(self, name):
@@ -219,6 +221,35 @@ def test_from_wandb_gives_the_tables_and_figures_of_the_same_runs_on_disk(tmp_pa
         assert mine.get_label() == theirs.get_label()
         np.testing.assert_allclose(mine.get_xdata(), theirs.get_xdata())
         np.testing.assert_allclose(mine.get_ydata(), theirs.get_ydata())
+
+
+def test_a_wandb_run_resumed_across_the_training_time_change_keeps_its_early_evaluations(tmp_path, recording_wandb):
+    """A run whose early evaluations were logged before evaluation records held `train/elapsed_s` and its later
+    ones after: every evaluation is read, each with its time where it has one, the early one that reached the
+    target is found; each history is scanned once however often it is asked for."""
+    config = run_config("table5/novograd_b512")
+    records = jasper_records(4.0, 4)  # dev-clean 84, 44, 30.7, 24 at steps 10, 20, 30, 40
+    for record in records[5::2]:  # the evaluations at steps 30 and 40
+        record[TRAIN_ELAPSED] = 3.0 * record["step"]
+    train_with_logger(tmp_path / "run", config, records, {"wer_dev_clean": 24.0})
+    (recorded,) = recording_wandb.runs.values()
+    api_run = FakeApiRun(recorded)
+
+    class Api:
+        def runs(self, path, filters):
+            return [api_run]
+
+    (run,) = wandb_runs(Api(), None, "novograd", ["table5/novograd_b512"])
+    evaluations = run.history("eval/wer_dev_clean")
+    assert [(r["step"], r.get(TRAIN_ELAPSED)) for r in evaluations] == [(10, None), (20, None), (30, 90.0), (40, 120.0)]
+    assert first_reached(evaluations, Target("wer_dev_clean", 50.0, "min")) == Reached(20, None)
+    assert first_reached(evaluations, Target("wer_dev_clean", 31.0, "min")) == Reached(30, 90.0)
+    assert [r["step"] for r in run.history("train/loss")] == [5, 15, 25, 35]
+    for metric in ("eval/wer_dev_clean", "eval/wer_dev_other", "train/loss"):
+        run.history(metric)
+    assert sorted(map(tuple, api_run.scans)) == sorted([
+        (STEP_METRIC, TRAIN_ELAPSED), (STEP_METRIC, "epoch", "eval/wer_dev_clean"),
+        (STEP_METRIC, "epoch", "eval/wer_dev_other"), (STEP_METRIC, "epoch", "train/loss")])
 
 
 def test_a_run_in_another_group_or_project_is_not_read(tmp_path, recording_wandb):

@@ -5,7 +5,6 @@ each budget's best trial from constructed run records."""
 from collections import defaultdict
 
 import pytest
-import yaml
 from omegaconf import OmegaConf
 from report_runs import run_config, write_run
 
@@ -39,7 +38,7 @@ def test_the_draw_is_reproducible_from_its_seed_inside_its_ranges_and_on_its_sca
 def test_a_search_space_with_a_bad_range_says_what_to_write(tmp_path):
     path = tmp_path / "space.yaml"
     for text, message in [("optimizer.lr: {low: 0.0, high: 1.0, log: true}", "log scale needs low > 0"),
-                          ("optimizer.lr: {low: 1e-4, high: 1.0}", "write 1.0e-4"),
+                          ("optimizer.lr: {low: small, high: 1.0}", "must be numbers"),
                           ("optimizer.lr: {low: 1.0, high: 0.1}", "low < high"),
                           ("optimizer.lr: [0.1, 1.0]", "give {low")]:
         path.write_text(text)
@@ -47,6 +46,8 @@ def test_a_search_space_with_a_bad_range_says_what_to_write(tmp_path):
             load_search_space(path)
     with pytest.raises(SystemExit, match="No search space"):
         load_search_space(search_space_path("imagenet", "lamb"))
+    path.write_text("optimizer.lr: {low: 1e-4, high: 1.0, log: true}")  # plain YAML 1.1 would read "1e-4" as text
+    assert load_search_space(path) == {"optimizer.lr": Range(1.0e-4, 1.0, log=True)}
 
 
 def test_every_search_space_spans_its_rows_hand_tuned_values_within_a_factor_4():
@@ -74,12 +75,12 @@ def test_a_budgets_trials_are_runs_of_the_row_with_the_drawn_point_and_its_tag(t
         experiment_of("table1-novograd-50ep")
 
     trials = budget(["table1/novograd_100ep", "table6/adam_12b"], 3, 7, ["debug=smoke"])
-    space = yaml.safe_load((SEARCH_SPACES / "imagenet" / "novograd.yaml").read_text())
+    space = load_search_space(SEARCH_SPACES / "imagenet" / "novograd.yaml")
     assert [(t.experiment, t.index) for t in trials] == [("table1/novograd_100ep", i) for i in range(3)] + [
         ("table6/adam_12b", i) for i in range(3)]
     first = trials[0]
     assert list(first.point) == ["optimizer.lr", "optimizer.weight_decay"]
-    assert all(space[key]["low"] <= value <= space[key]["high"] for key, value in first.point.items())
+    assert all(space[key].low <= value <= space[key].high for key, value in first.point.items())
     assert list(trials[3].point) == ["optimizer.lr"]  # Table 6's Adam had no weight decay: none tuned
     lr, wd = first.point.values()
     assert first.overrides() == ["experiment=table1/novograd_100ep", f"optimizer.lr={lr:.4g}",

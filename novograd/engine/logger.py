@@ -117,8 +117,8 @@ def wandb_group_and_tags(settings: dict[str, Any], dashboard: dict[str, Any]) ->
     return group, tags
 
 
-def _duration(seconds: float) -> str:
-    """`1:02:03` (hours unbounded), `0:00:05`."""
+def format_duration(seconds: float) -> str:
+    """`1:02:03` (hours unbounded: `26:03:04`, not `1 day, 2:03:04`), `0:00:05`."""
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
@@ -145,7 +145,7 @@ class TrainingStatus:
         return (
             f"step {self.step}/{self.total_steps} | loss {self.loss:.4f} | lr {self.lr:.3g} | "
             f"{self.throughput:,.0f} {self.unit}/s | data wait {self.data_wait:.0%} | "
-            f"elapsed {_duration(self.elapsed_s)} | ETA {_duration(self.eta_s)}{skipped}"
+            f"elapsed {format_duration(self.elapsed_s)} | ETA {format_duration(self.eta_s)}{skipped}"
         )
 
     def postfix(self) -> dict[str, str]:
@@ -176,7 +176,7 @@ def summary_line(summary: dict[str, Any], total_steps: int | None = None, column
     metrics = metrics_text(shown) or "no evaluation"
     steps = f"{summary['steps']}/{total_steps}" if total_steps else str(summary["steps"])
     ended = f"Stopped ({summary['stop_reason']}) at step {steps}" if summary.get("preempted") else f"Finished {steps} steps"
-    return f"{ended}: {metrics} | wall time {_duration(summary['wall_time_s'])} | output {summary['output_dir']}"
+    return f"{ended}: {metrics} | wall time {format_duration(summary['wall_time_s'])} | output {summary['output_dir']}"
 
 
 def optimizer_name(optimizer: dict[str, Any]) -> str:

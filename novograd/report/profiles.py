@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from novograd.engine.logger import optimizer_name
 from novograd.report.matching import row_config
-from novograd.report.rows import RowRuns
-from novograd.report.targets import row_times, table_target
+from novograd.report.targets import TimeLine
 
 TAU_MAX = 4.0
 MEASURES = {"seconds": "training time to target", "steps": "steps to target"}
@@ -52,41 +52,34 @@ def score(ratios: dict[str, float], tau_max: float = TAU_MAX) -> float:
     return sum(max(0.0, tau_max - ratio) for ratio in ratios.values()) / ((tau_max - 1.0) * len(ratios))
 
 
-def workload_times(tables: dict[str, Any], rows: dict[str, RowRuns], goals: dict[str, str], measure: str
-                   ) -> dict[str, dict[str, float]]:
-    """Per optimizer-comparison table, each optimizer's fastest row median of `measure` ("seconds" or "steps");
-    rows whose runs did not log their training time are left out of "seconds"."""
+def workload_times(tables: dict[str, Any], lines: list[TimeLine], measure: str) -> dict[str, dict[str, float]]:
+    """Per optimizer-comparison table, each optimizer's fastest row median of `measure` ("seconds" or "steps") among
+    the rows' times to target (`lines`); rows whose runs did not log their training time are left out of
+    "seconds"."""
+    optimizers = {name: {row["experiment"]: optimizer_name(row_config(row["experiment"])["optimizer"])
+                         for row in table["rows"] if "experiment" in row} for name, table in tables.items()}
     times: dict[str, dict[str, float]] = {}
-    for name, table in tables.items():
-        experiments = [row["experiment"] for row in table["rows"] if "experiment" in row]
-        optimizers = {e: row_config(e)["optimizer"]["name"] for e in experiments}  # type: ignore[index]
-        target = table_target(table, goals)
-        if len(set(optimizers.values())) < 2 or target is None:
+    for line in lines:
+        table_optimizers = optimizers[line.table]
+        value = getattr(line.times, measure)
+        if len(set(table_optimizers.values())) < 2 or value is None:
             continue
-        per_optimizer: dict[str, float] = {}
-        for experiment, optimizer in optimizers.items():
-            row_runs = rows.get(experiment)
-            if not row_runs or not row_runs.reproducing:
-                continue
-            value = getattr(row_times(row_runs.reproducing, target), measure)
-            if value is not None:
-                per_optimizer[optimizer] = min(value, per_optimizer.get(optimizer, math.inf))
-        if per_optimizer:
-            times[name] = per_optimizer
+        per_optimizer = times.setdefault(line.table, {})
+        optimizer = table_optimizers[line.experiment]
+        per_optimizer[optimizer] = min(value, per_optimizer.get(optimizer, math.inf))
     return times
 
 
-def write_profiles(tables: dict[str, Any], rows: dict[str, RowRuns], goals: dict[str, str], out_dir: Path
-                   ) -> tuple[str, Path | None]:
-    """The profiles' scores as Markdown, and their figure in `out_dir/performance_profiles.png` (None when no
-    workload has a run that reached its target)."""
+def write_profiles(tables: dict[str, Any], lines: list[TimeLine], out_dir: Path) -> tuple[str, Path | None]:
+    """The profiles of the rows' times to target (`lines`) and their scores as Markdown, and their figure in
+    `out_dir/performance_profiles.png` (None when no workload has a run that reached its target)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 4), layout="constrained")
     taus = np.linspace(1.0, TAU_MAX, 301)
     out, drawn = ["## Performance profiles (AlgoPerf)", ""], False
     for index, (measure, title) in enumerate(MEASURES.items()):
-        ratios = performance_ratios(workload_times(tables, rows, goals, measure))
+        ratios = performance_ratios(workload_times(tables, lines, measure))
         ax = figure.add_subplot(1, len(MEASURES), index + 1)
         workloads = sorted({w for per in ratios.values() for w in per})
         if not workloads:

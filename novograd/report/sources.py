@@ -152,14 +152,20 @@ def final_metrics(summary_metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _wandb_history(run: WandbRun) -> Callable[[str], list[Record]]:
+    """A W&B run's history by metric, each metric scanned once. `scan_history` returns only the rows that hold
+    every key asked for, so the training time is scanned apart and joined by step: an evaluation logged before
+    evaluation records held it (a run resumed across that change) is kept, without its time."""
+
+    @cache
+    def elapsed() -> dict[float, float]:
+        return {row[STEP_METRIC]: row[TRAIN_ELAPSED] for row in run.scan_history(keys=[STEP_METRIC, TRAIN_ELAPSED])}
+
+    @cache
     def history(metric: str) -> list[Record]:
-        # scan_history returns only the rows that hold every key asked for: the eval rows for an eval metric, with
-        # their training time where the run logged it.
-        rows = list(run.scan_history(keys=[STEP_METRIC, "epoch", metric, TRAIN_ELAPSED])) if metric.startswith(
-            "eval/") else []
-        rows = rows or list(run.scan_history(keys=[STEP_METRIC, "epoch", metric]))
+        times = elapsed() if metric.startswith("eval/") else {}
         return [{"step": row[STEP_METRIC], "epoch": row["epoch"], metric: row[metric]}
-                | ({TRAIN_ELAPSED: row[TRAIN_ELAPSED]} if TRAIN_ELAPSED in row else {}) for row in rows]
+                | ({TRAIN_ELAPSED: times[row[STEP_METRIC]]} if row[STEP_METRIC] in times else {})
+                for row in run.scan_history(keys=[STEP_METRIC, "epoch", metric])]
 
     return history
 
@@ -180,11 +186,7 @@ def wandb_runs(api: WandbApi, entity: str | None, project: str, experiments: Ite
     runs, set_aside = [], Counter() if set_aside is None else set_aside
     for run in api.runs(path, filters=wandb_filters(experiments)):
         config = dict(run.config)
-        summary_metrics = dict(run.summary_metrics)
-        summary = final_metrics(summary_metrics)
-        if summary_metrics.get("diverged"):  # the fail-safe's keys, with or without the `final/` prefix
-            step = summary_metrics.get("diverged_at_step", summary.get("diverged_at_step"))
-            summary |= {"diverged": True, "diverged_at_step": step}
+        summary = final_metrics(dict(run.summary_metrics))
         experiment = config.get("experiment_name")
         if not experiment:
             set_aside[DEBUG] += 1

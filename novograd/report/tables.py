@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in tables:
         print(f"\n{(args.out / f'{name}.md').read_text()}")
     verdicts = write_claims(claims, tables, rows, args.out)
-    profiles, profile_figure = write_profiles(tables, rows, claims["goals"], args.figures)
     times_to_target = time_lines(tables, rows, claims["goals"])
+    profiles, profile_figure = write_profiles(tables, times_to_target, args.figures)
     times = f"{render_times(tables, times_to_target)}\n{profiles}"
     (args.out / "time_to_target.md").write_text(times)
     print(f"\n{times}")

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
+from novograd.engine.logger import format_duration
 from novograd.engine.target import Reached, first_reached, summary_has, summary_reached
 from novograd.engine.target import Target as RunTarget
 from novograd.report.rows import RowRuns
@@ -77,9 +77,10 @@ def row_times(runs: list[Run], target: Target) -> RowTimes:
 
 
 def _duration(seconds: float | None) -> str:
+    """A row's median training time to target as `time_to_target.md` shows it."""
     if seconds is None:
         return "not logged"
-    return "missed" if math.isinf(seconds) else str(timedelta(seconds=round(seconds)))
+    return "missed" if math.isinf(seconds) else format_duration(seconds)
 
 
 @dataclass(frozen=True)
