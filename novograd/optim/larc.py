@@ -35,6 +35,7 @@ import torch
 from torch.optim import Optimizer
 
 # Relative: the same file is the module novograd_optim.larc of the standalone package (packages/novograd-optim).
+from .novograd import _moment_dtype
 from .sharded import full_norms, local, shard_groups
 
 # OpenSeq2Seq's `min_update`: the smallest LARC factor, in both modes.
@@ -185,7 +186,7 @@ class LARC(Optimizer):
                 torch._foreach_add_(grads, same_device_params, alpha=weight_decay)
             # Norms in fp32 (fp64 for fp64 parameters) whatever the parameter dtype; one vectorised pass, no host
             # syncs.
-            dtype = torch.float64 if grads[0].dtype == torch.float64 else torch.float32
+            dtype = _moment_dtype(grads[0].dtype)
             norms = full_norms([*torch._foreach_norm(same_device_params, 2, dtype=dtype),
                                 *torch._foreach_norm(grads, 2, dtype=dtype)],
                                [layer_groups[i] for i in indices] * 2)

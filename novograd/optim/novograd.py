@@ -282,11 +282,7 @@ class NovoGrad(Optimizer):
                               for bucket in group_buckets])
         grad_factor, total_norm = inv_scale, None
         if norms_first:
-            norms = [norm for bucket in buckets for norm in bucket.grad_norms]
-            device = norms[0].device if norms else torch.device("cpu")
-            total_norm = _unscaled(
-                torch.linalg.vector_norm(torch.stack([norm.to(device) for norm in norms])) if norms
-                else torch.zeros((), device=device), inv_scale)
+            total_norm = _unscaled(_global_norm([norm for bucket in buckets for norm in bucket.grad_norms]), inv_scale)
         if nonfinite is not None:
             self.skipped = bool(((nonfinite.to(total_norm.device) > 0) | ~torch.isfinite(total_norm)).item())
             if self.skipped:  # before any update: the state this step created goes too, so nothing is touched
@@ -320,11 +316,16 @@ def _unscaled(norm: Tensor, inv_scale: Tensor | None) -> Tensor:
 def _total_norm(param_groups: list[dict[str, Any]]) -> Tensor:
     """The global L2 norm of all gradients (of the whole layers where they are sharded)."""
     pairs = [(p, p.grad) for group in param_groups for p in group["params"] if p.grad is not None]
-    if not pairs:
-        return torch.zeros(())
     local_norms = [torch.linalg.vector_norm(local(grad), dtype=_moment_dtype(p.dtype)) for p, grad in pairs]
-    norms = full_norms(local_norms, [shard_groups(p, grad) for p, grad in pairs])
-    return torch.linalg.vector_norm(torch.stack([norm.to(norms[0].device, torch.float64) for norm in norms]))
+    return _global_norm(full_norms(local_norms, [shard_groups(p, grad) for p, grad in pairs]))
+
+
+def _global_norm(layer_norms: list[Tensor]) -> Tensor:
+    """The L2 norm of all layers from their norms (on the first one's device; zero for none)."""
+    if not layer_norms:
+        return torch.zeros(())
+    device = layer_norms[0].device
+    return torch.linalg.vector_norm(torch.stack([norm.to(device) for norm in layer_norms]))
 
 
 def _set_layer_norms(buckets: list[tuple[_Bucket, bool]]) -> None:

@@ -9,7 +9,7 @@ them into the layers' sums; the optimizer then updates the local shards only.
 
 from __future__ import annotations
 
-import functools
+import sys
 
 import torch
 import torch.distributed as dist
@@ -18,14 +18,11 @@ from torch import Tensor
 __all__ = ["is_sharded", "local", "shard_groups", "full_norms"]
 
 
-@functools.cache
 def _dtensor_class():
-    """DTensor, or None where torch.distributed is not built (the optimizer then never sees one)."""
-    if not dist.is_available():
-        return None
-    from torch.distributed.tensor import DTensor
-
-    return DTensor
+    """DTensor, or None while torch.distributed.tensor is not imported, when no tensor can be one: no 0.4 s import
+    at start-up, no import statement per call, and no cache wrapper for Dynamo to warn about."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else module.DTensor
 
 
 def is_sharded(tensor: Tensor) -> bool:
@@ -68,9 +65,11 @@ def full_norms(local_norms: list[Tensor], groups: list[tuple[dist.ProcessGroup, 
             by_groups.setdefault(layer_groups, []).append(i)
     norms = list(local_norms)
     for layer_groups, indices in by_groups.items():
-        squares = torch.stack([local_norms[i].to(torch.float64).square() for i in indices])
+        squares = torch.stack([local_norms[i] for i in indices]).to(torch.float64).square()  # a few kernels in all
         for group in layer_groups:
             dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=group)
-        for i, total in zip(indices, squares.sqrt().unbind()):
-            norms[i] = total.to(local_norms[i].dtype)
+        roots = squares.sqrt()
+        by_dtype = {dtype: roots.to(dtype).unbind() for dtype in {local_norms[i].dtype for i in indices}}
+        for position, i in enumerate(indices):
+            norms[i] = by_dtype[local_norms[i].dtype][position]
     return norms
