@@ -35,6 +35,7 @@ import functools
 import io
 import os
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -59,9 +60,9 @@ class LabelledImage(NamedTuple):
     """One example, and (collated by `default_collate`, which keeps the type) a batch of them."""
 
     #: uint8 (3, H, W), or (N, 3, H, W) collated; `normalize_images` makes the model's float input of a batch.
-    #: Under decode="gpu": an `EncodedImage`, collated into a list (with the tensors of files decoded in the worker)
-    #: that `decode_on_device` turns into the (N, 3, H, W) batch.
-    image: torch.Tensor | EncodedImage | list[torch.Tensor | EncodedImage]
+    #: Under decode="gpu": an `EncodedImage`, collated into an `EncodedBatch` that `decode_on_device` turns into the
+    #: (N, 3, H, W) batch.
+    image: torch.Tensor | EncodedImage | EncodedBatch
     label: int | torch.Tensor
     #: The file at this index could not be read (`data.skip_corrupt=true`): `image` and `label` are the next
     #: readable example's, which training uses and evaluation leaves unscored.
@@ -75,12 +76,24 @@ class EncodedImage:
     Not a tensor, list or tuple, so the engine's `to_device` leaves it on the host, where `decode_jpeg` reads its
     input whatever the device it decodes on."""
 
-    #: The file's bytes, uint8 1-D.
-    data: torch.Tensor
+    #: The file's bytes, uint8 1-D; in an `EncodedBatch`, where they are in the batch's `data`.
+    data: torch.Tensor | slice
     #: Training: the random-resized crop's box (top, left, height, width) in the full image, drawn in the worker.
     #: None: evaluation's resize of the short side and centre crop.
     box: tuple[int, int, int, int] | None
     flip: bool = False
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """A decode="gpu" batch as collated: the bytes of all its `EncodedImage`s in one tensor, so that a worker hands
+    them to the main process as one block of shared memory (a tensor per image costs a shared-memory segment, a file
+    descriptor and their pickling each), and per example its `EncodedImage` (`data`: its slice of the batch's), or
+    the uint8 image the worker decoded itself. Not a tensor, list or tuple, so the engine's `to_device` leaves it
+    on the host, where `decode_jpeg` reads its input whatever the device it decodes on."""
+
+    data: torch.Tensor
+    images: list[torch.Tensor | EncodedImage]
 
 
 class JpegFile(NamedTuple):
@@ -167,19 +180,18 @@ class DeferredTransform:
         return EncodedImage(image.data, (box["top"], box["left"], box["height"], box["width"]), flipped)
 
 
-def decode_on_device(
-    images: list[torch.Tensor | EncodedImage], device: torch.device, image_size: int, eval_resize: int
-) -> torch.Tensor:
-    """The uint8 batch (N, 3, image_size, image_size) on `device` of a decode="gpu" batch's images: the
+def decode_on_device(batch: EncodedBatch, device: torch.device, image_size: int, eval_resize: int) -> torch.Tensor:
+    """The uint8 batch (N, 3, image_size, image_size) on `device` of a decode="gpu" batch: the
     `EncodedImage`s decoded together by `decode_jpeg` on `device` (nvJPEG on CUDA, libjpeg-turbo on the CPU), each
     cropped, resized and flipped as `train_transform`/`eval_transform` would, the other (finished) tensors in their
     places."""
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import functional as F
 
+    images = batch.images
     encoded = [index for index, image in enumerate(images) if isinstance(image, EncodedImage)]
-    decoded = decode_jpeg([images[index].data for index in encoded], mode=ImageReadMode.RGB, device=device) if (
-        encoded) else []
+    decoded = decode_jpeg([batch.data[images[index].data] for index in encoded], mode=ImageReadMode.RGB,
+                          device=device) if encoded else []
     finished = [image.to(device, non_blocking=True) if isinstance(image, torch.Tensor) else image for image in images]
     for index, image in zip(encoded, decoded):
         encoded_image = images[index]
@@ -194,14 +206,23 @@ def decode_on_device(
 
 
 def collate_images(samples: list[LabelledImage]) -> LabelledImage:
-    """`default_collate`'s batch, except that images not all tensors (decode="gpu") stay a list, for
+    """`default_collate`'s batch, except that images not all tensors (decode="gpu") become an `EncodedBatch`, for
     `decode_on_device`."""
     from torch.utils.data import default_collate
 
     images = [sample.image for sample in samples]
     if all(isinstance(image, torch.Tensor) for image in images):
         return default_collate(samples)
-    return default_collate([sample._replace(image=0) for sample in samples])._replace(image=images)
+    encoded = [image.data for image in images if isinstance(image, EncodedImage)]
+    in_batch, start = [], 0
+    for image in images:
+        if isinstance(image, EncodedImage):
+            end = start + image.data.numel()
+            image, start = dataclasses.replace(image, data=slice(start, end)), end
+        in_batch.append(image)
+    data = torch.cat(encoded) if encoded else torch.empty(0, dtype=torch.uint8)
+    return default_collate([sample._replace(image=0) for sample in samples])._replace(
+        image=EncodedBatch(data, in_batch))
 
 
 class ImageNetFolder(torch.utils.data.Dataset):

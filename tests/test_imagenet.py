@@ -3,6 +3,7 @@ official-format archives is tested in test_imagenet_official.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -256,33 +257,36 @@ def test_gpu_decode_on_the_cpu_device_gives_the_cpu_paths_images(synthetic_root,
     Negative control: one crop box moved by a pixel (training) or another resize (evaluation) changes the images."""
     root = mixed_folder(synthetic_root, tmp_path)
     cpu, gpu, workload = gpu_decode_batches(root, split, torch.device("cpu"))
-    kinds = [type(image) for image in gpu.image]
+    kinds = [type(image) for image in gpu.image.images]
     assert kinds.count(EncodedImage) == len(kinds) - 2 and kinds.count(torch.Tensor) == 2  # grey, png: finished
-    assert all(image.data.dim() == 1 for image in gpu.image if isinstance(image, EncodedImage))
+    assert gpu.image.data.dim() == 1  # every JPEG's bytes in one tensor, each image its slice of it
+    assert all(isinstance(image.data, slice) for image in gpu.image.images if isinstance(image, EncodedImage))
     assert torch.equal(gpu.label, cpu.label) and torch.equal(gpu.skipped, cpu.skipped)
     assert torch.equal(workload.on_device(gpu).image, normalize_images(cpu.image))
     assert torch.equal(decode_on_device(gpu.image, torch.device("cpu"), 32, 36), cpu.image)
 
     if split == "train":
-        first = next(i for i, image in enumerate(gpu.image) if isinstance(image, EncodedImage))
-        top, left, height, width = gpu.image[first].box
-        moved = gpu.image[first].box[:1] + (left + 1 if left == 0 else left - 1, height, width)
-        shifted = [*gpu.image]
-        shifted[first] = EncodedImage(gpu.image[first].data, moved, gpu.image[first].flip)
-        assert not torch.equal(decode_on_device(shifted, torch.device("cpu"), 32, 36)[first], cpu.image[first])
-        assert any(image.flip for image in gpu.image if isinstance(image, EncodedImage))  # both flips exercised
-        assert not all(image.flip for image in gpu.image if isinstance(image, EncodedImage))
+        images = gpu.image.images
+        first = next(i for i, image in enumerate(images) if isinstance(image, EncodedImage))
+        top, left, height, width = images[first].box
+        moved = images[first].box[:1] + (left + 1 if left == 0 else left - 1, height, width)
+        shifted = [*images]
+        shifted[first] = EncodedImage(images[first].data, moved, images[first].flip)
+        shifted_batch = dataclasses.replace(gpu.image, images=shifted)
+        assert not torch.equal(decode_on_device(shifted_batch, torch.device("cpu"), 32, 36)[first], cpu.image[first])
+        assert any(image.flip for image in images if isinstance(image, EncodedImage))  # both flips exercised
+        assert not all(image.flip for image in images if isinstance(image, EncodedImage))
     else:
         assert not torch.equal(decode_on_device(gpu.image, torch.device("cpu"), 32, 40), cpu.image)
 
 
 def test_gpu_decode_batches_cross_loader_workers(synthetic_root):
-    """The GPU-decode samples pickle across a DataLoader worker and collate into a list the device decodes."""
+    """The GPU-decode samples pickle across a DataLoader worker and collate into one tensor the device decodes."""
     train, _ = build_imagenet_datasets(synthetic_root, num_classes=3, image_size=32, eval_resize=36, decode="gpu")
     workload = ImageNetWorkload(model={}, data={"image_size": 32, "eval_resize": 36})
     loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=1, collate_fn=workload.collate)
     batch = next(iter(loader))
-    assert all(isinstance(image, EncodedImage) for image in batch.image) and batch.label.shape == (4,)
+    assert all(isinstance(image, EncodedImage) for image in batch.image.images) and batch.label.shape == (4,)
     assert workload.on_device(batch).image.shape == (4, 3, 32, 32)
 
 

@@ -25,8 +25,8 @@ class ImageNetWorkload(Workload):
         model: the model config; instantiated with hydra (its `_target_`), with `num_classes` taken from `data`.
         data: the data config (configs/data/imagenet.yaml documents every key read here).
 
-    The loader's batches are `LabelledImage`s of uint8 images (N, 3, H, W), or under `data.decode=gpu` a list of
-    the JPEGs' bytes that `on_device` decodes first; `on_device` turns them, on the model's device, into the
+    The loader's batches are `LabelledImage`s of uint8 images (N, 3, H, W), or under `data.decode=gpu` an `EncodedBatch`
+    of the JPEGs' bytes that `on_device` decodes first; `on_device` turns them, on the model's device, into the
     normalised float images the loss and evaluation see. Batches hold int64 labels and the
     bool `skipped` flags of unreadable files (`data.skip_corrupt=true`, data/corrupt.py). Training uses the images
     that stand in for them and counts them (`pop_train_stats`); evaluation scores only the others and counts the
@@ -83,10 +83,10 @@ class ImageNetWorkload(Workload):
         return collate_images(samples)
 
     def on_device(self, batch: LabelledImage) -> LabelledImage:
-        from data.imagenet import decode_on_device, normalize_images
+        from data.imagenet import EncodedBatch, decode_on_device, normalize_images
 
         images = batch.image
-        if isinstance(images, list):  # data.decode=gpu: JPEG bytes, decoded here on the batch's device
+        if isinstance(images, EncodedBatch):  # data.decode=gpu: JPEG bytes, decoded here on the batch's device
             device = batch.label.device
             images = decode_on_device(images, device, self.data_cfg["image_size"], self.data_cfg["eval_resize"])
             if device.type == "cuda":  # as the engine's copy stores image batches for a channels-last convnet
