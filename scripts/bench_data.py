@@ -117,13 +117,9 @@ class TodaysImageNet(Dataset):
 
     def __init__(self, root: Path, train: bool, image_size: int = 224, eval_resize: int = 256) -> None:
         from torchvision.datasets import ImageFolder
-        from torchvision.transforms import v2
 
-        crop = ([v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-                if train else [v2.Resize(eval_resize, antialias=True), v2.CenterCrop(image_size)])
-        transform = v2.Compose([*crop, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.ToPureTensor()])
-        self.folder = ImageFolder(str(root), transform=transform, loader=_pil_rgb)
+        self.folder = ImageFolder(str(root), transform=todays_transform(train, image_size, eval_resize),
+                                  loader=pil_rgb)
 
     def __len__(self) -> int:
         return len(self.folder)
@@ -133,9 +129,22 @@ class TodaysImageNet(Dataset):
         return LabelledImage(image, label, False)
 
 
-def _pil_rgb(path: str) -> Image.Image:
-    with open(path, "rb") as file:
-        return Image.open(file).convert("RGB")
+def todays_transform(train: bool, image_size: int = 224,
+                     eval_resize: int = 256) -> Callable[[Image.Image], torch.Tensor]:
+    """The transform the loader ran before it produced uint8 batches: crop and resize on the PIL image, then the
+    float conversion and normalisation on the CPU."""
+    from torchvision.transforms import v2
+
+    crop = ([v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+            if train else [v2.Resize(eval_resize, antialias=True), v2.CenterCrop(image_size)])
+    return v2.Compose([*crop, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.ToPureTensor()])
+
+
+def pil_rgb(path: str | Path) -> Image.Image:
+    """PIL's decode of `path`, in RGB: the decode before the uint8 batches."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def pil_resize_agreement(folder: Path, images: int = 8, crops: int = 25) -> dict[str, float]:
@@ -145,15 +154,13 @@ def pil_resize_agreement(folder: Path, images: int = 8, crops: int = 25) -> dict
     from torchvision.transforms import v2
     from torchvision.transforms.v2 import functional as F
 
-    from data.imagenet import _decode_rgb
-
     crop = v2.RandomResizedCrop(224, antialias=True)
     generator_state = torch.get_rng_state()
     torch.manual_seed(0)
     largest, fractions, seconds = 0, [], {"torch": 0.0, "pil": 0.0}
     for path in sorted(folder.rglob("*.JPEG"))[:images]:
-        tensor = _decode_rgb(str(path))
-        pil = _pil_rgb(str(path))
+        pil = pil_rgb(path)
+        tensor = F.pil_to_tensor(pil)  # the same pixels as the uint8 path's decode (tests/test_imagenet.py)
         for _ in range(crops):
             box = crop.make_params([tensor])
             started = time.perf_counter()

@@ -8,19 +8,18 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
+from script_modules import load_script
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from data.corrupt import CorruptFileWarning
 from data.imagenet import (
-    IMAGENET_MEAN,
     IMAGENET_STD,
     EncodedImage,
     ImageNetFolder,
@@ -31,6 +30,8 @@ from data.imagenet import (
 )
 from data.synthetic_imagenet import make_synthetic_imagefolder
 from novograd.workloads.imagenet import ImageNetWorkload, top_k_correct
+
+bench_data = load_script("bench_data")  # the loader before the uint8 batches: the images to compare with
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,17 +92,12 @@ def test_datasets_decode_and_transform(synthetic_root):
     assert torch.equal(val[0].image, val[0].image)  # evaluation is deterministic
 
 
-def pil_decoded(path: str | Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def test_decoder_gives_pils_pixels(synthetic_root, tmp_path):
     """torchvision's libjpeg-turbo decode (three-channel JPEGs) and the PIL fallback (greyscale and CMYK JPEGs, a
     PNG named .JPEG, as ILSVRC2012 holds) give exactly the pixels of the PIL decode the loader used before."""
     folder = tmp_path / "mixed" / "n00000000"
     folder.mkdir(parents=True)
-    photo = pil_decoded(next((synthetic_root / "train").rglob("*.JPEG")))
+    photo = bench_data.pil_rgb(next((synthetic_root / "train").rglob("*.JPEG")))
     photo.convert("L").save(folder / "grey.JPEG", format="JPEG")
     photo.convert("CMYK").save(folder / "cmyk.JPEG", format="JPEG")
     photo.save(folder / "png.JPEG", format="PNG")
@@ -109,16 +105,12 @@ def test_decoder_gives_pils_pixels(synthetic_root, tmp_path):
         dataset = ImageNetFolder(str(root), transform=lambda image: image, skip_corrupt=False)
         for index, (path, _) in enumerate(dataset.samples):
             image = dataset[index].image
-            assert image.dtype == torch.uint8 and torch.equal(image, pil_to_tensor(pil_decoded(path))), path
+            assert image.dtype == torch.uint8 and torch.equal(image, pil_to_tensor(bench_data.pil_rgb(path))), path
 
 
 def todays_transform(train: bool):
-    """The transforms the loader ran before it produced uint8 batches: PIL crop and resize, then the float
-    conversion and normalisation on the CPU."""
-    crop = ([v2.RandomResizedCrop(32, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()] if train
-            else [v2.Resize(36, antialias=True), v2.CenterCrop(32)])
-    return v2.Compose([*crop, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.ToPureTensor()])
+    """The loader's transform before the uint8 batches, at the synthetic twin's sizes."""
+    return bench_data.todays_transform(train, image_size=32, eval_resize=36)
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -140,13 +132,13 @@ def test_uint8_path_gives_todays_images(synthetic_root, split):
         torch.manual_seed(index)
         new = normalize_images(dataset[index].image)
         torch.manual_seed(index)
-        today = todays_transform(split == "train")(pil_decoded(dataset.samples[index][0]))
+        today = todays_transform(split == "train")(bench_data.pil_rgb(dataset.samples[index][0]))
         assert ((new - today).abs() <= one_level).all(), (index, (new - today).abs().max())
         differing.append((new != today).float().mean().item())
     assert sum(differing) / len(differing) < 0.15, differing  # measured: 0.08 (train), 0.04 (val)
     if split == "train":  # negative control: the same image, another seed's crop and flip
         torch.manual_seed(1)
-        today = todays_transform(train=True)(pil_decoded(dataset.samples[0][0]))
+        today = todays_transform(train=True)(bench_data.pil_rgb(dataset.samples[0][0]))
         torch.manual_seed(0)
         assert (normalize_images(dataset[0].image) - today).abs().max() > 10 * one_level.max()
 
@@ -226,7 +218,7 @@ def mixed_folder(synthetic_root: Path, tmp_path: Path) -> Path:
     """The twin plus, in both splits, the files the GPU decode leaves to the worker: a greyscale JPEG and a PNG
     named .JPEG."""
     root = copy_of(synthetic_root, tmp_path)
-    photo = pil_decoded(next((root / "train").rglob("*.JPEG")))
+    photo = bench_data.pil_rgb(next((root / "train").rglob("*.JPEG")))
     for split in ("train", "val"):
         photo.convert("L").save(root / split / "n00000001" / "grey.JPEG", format="JPEG")
         photo.save(root / split / "n00000002" / "png.JPEG", format="PNG")
