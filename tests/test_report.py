@@ -186,8 +186,12 @@ def test_the_spread_is_the_sample_standard_deviation():
     assert stat.std == pytest.approx(np.std(values, ddof=1))
     assert str(stat) == f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f} (n=4)"
     assert metric_stat([Summary(3.6)], "wer_dev_clean") == Stat(3.6, None, 1)
-    assert str(Stat(3.6, None, 1)) == "3.60"
+    assert str(Stat(3.6, None, 1)) == "3.60" and Stat(3.6, None, 1).with_count() == "3.60 (n=1)"
     assert metric_stat([Summary(3.6)], "wer_dev_other") is None  # a metric no run has
+    # A value other than the summary's (a claim's derived metric): the statistics of what it returns.
+    doubled = metric_stat([Summary(v) for v in values], "wer_dev_other",
+                          lambda run, _: 2 * run.summary["wer_dev_clean"])
+    assert doubled == Stat(2 * stat.mean, 2 * stat.std, 4)
 
 
 def test_new_workloads_columns_and_local_histories(tmp_path):

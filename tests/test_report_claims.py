@@ -10,6 +10,7 @@ import pytest
 from report_runs import run_config, write_run
 
 from novograd.report.claims import FAILS, HOLDS, NO_RUNS, PAPER_CLAIMS, Side, compare, load_claims
+from novograd.report.rows import Stat
 from novograd.report.sources import wandb_runs
 from novograd.report.tables import PAPER_TABLES, load_paper_tables, main
 
@@ -65,7 +66,7 @@ def test_claims_hold_fail_lack_runs_and_count_a_divergence_against_its_row(tmp_p
 
 def test_a_diverged_rival_loses_and_a_diverged_row_cannot_win():
     args = ("top1", "better_than")
-    trained, diverged = Side("a", 76.0, None, 1, runs=1), Side("b", None, None, 0, diverged=(40,), runs=1)
+    trained, diverged = Side("a", Stat(76.0, None, 1), runs=1), Side("b", None, diverged=(40,), runs=1)
     assert compare(*args, trained, diverged, None, "max", 0.15, 2).verdict == HOLDS
     assert compare(*args, diverged, trained, None, "max", 0.15, 2).verdict == FAILS
     assert compare(*args, diverged, diverged, None, "max", 0.15, 2).verdict == FAILS
@@ -74,24 +75,24 @@ def test_a_diverged_rival_loses_and_a_diverged_row_cannot_win():
     assert compare("top1", "below", diverged, None, 76.5, "max", 0.15, 2).verdict == HOLDS
 
 
+def side(label, mean, std=None, count=1):
+    """A row's runs on one metric: their mean, spread and count (none diverged)."""
+    return Side(label, Stat(mean, std, count))
+
+
 def test_the_margin_is_the_tolerance_or_two_standard_errors_whichever_is_larger():
-    left, right = Side("n", 77.0, 0.5, 2), Side("s", 76.5, 0.5, 2)  # standard error of the difference: 0.5
+    left, right = side("n", 77.0, 0.5, 2), side("s", 76.5, 0.5, 2)  # standard error of the difference: 0.5
     wide = compare("top1", "better_than", left, right, None, "max", 0.15, 2)
     assert (wide.verdict, wide.margin) == (FAILS, pytest.approx(1.0))
-    narrow = compare("top1", "better_than", Side("n", 77.0, 0.1, 2), Side("s", 76.5, 0.1, 2), None, "max", 0.15, 2)
+    narrow = compare("top1", "better_than", side("n", 77.0, 0.1, 2), side("s", 76.5, 0.1, 2), None, "max", 0.15, 2)
     assert (narrow.verdict, narrow.margin) == (HOLDS, pytest.approx(2 * math.sqrt(0.01)))
-    below_tolerance = compare("top1", "better_than", Side("n", 76.6, None, 1), Side("s", 76.5, None, 1), None, "max",
-                              0.15, 2)
+    below_tolerance = compare("top1", "better_than", side("n", 76.6), side("s", 76.5), None, "max", 0.15, 2)
     assert below_tolerance.verdict == FAILS and below_tolerance.margin == 0.15
     # Lower is better for WER: 3.6 against 3.9 is better, 3.9 against 3.6 is worse.
-    assert compare("wer", "better_than", Side("n", 3.6, None, 1), Side("s", 3.9, None, 1), None, "min", 0.1,
-                   2).verdict == HOLDS
-    assert compare("wer", "worse_than", Side("n", 3.9, None, 1), Side("s", 3.6, None, 1), None, "min", 0.1,
-                   2).verdict == HOLDS
-    assert compare("wer", "on_par_with", Side("n", 3.65, None, 1), Side("s", 3.58, None, 1), None, "min", 0.1,
-                   2).verdict == HOLDS
-    assert compare("wer", "on_par_with", Side("n", 3.75, None, 1), Side("s", 3.58, None, 1), None, "min", 0.1,
-                   2).verdict == FAILS
+    assert compare("wer", "better_than", side("n", 3.6), side("s", 3.9), None, "min", 0.1, 2).verdict == HOLDS
+    assert compare("wer", "worse_than", side("n", 3.9), side("s", 3.6), None, "min", 0.1, 2).verdict == HOLDS
+    assert compare("wer", "on_par_with", side("n", 3.65), side("s", 3.58), None, "min", 0.1, 2).verdict == HOLDS
+    assert compare("wer", "on_par_with", side("n", 3.75), side("s", 3.58), None, "min", 0.1, 2).verdict == FAILS
 
 
 def test_figure4s_gap_is_judged_from_the_histories(tmp_path):

@@ -17,14 +17,13 @@ at the tolerance, that is the paper's claim, not your runs, falling short.
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from novograd.report.rows import RowRuns, diverged_steps
+from novograd.report.rows import RowRuns, Stat, diverged_steps, divergence_note, metric_stat, summary_value
 from novograd.report.sources import Run
 
 PAPER_CLAIMS = Path(__file__).resolve().parents[2] / "results" / "paper" / "claims.yaml"
@@ -73,11 +72,8 @@ DERIVED = {"train_val_gap": train_val_gap}
 
 
 def run_value(run: Run, metric: str) -> float | None:
-    """A run's final value of a paper column, or of a derived metric (`DERIVED`)."""
-    if metric in DERIVED:
-        return DERIVED[metric](run)
-    value = run.summary.get(metric)
-    return None if value is None else float(value)
+    """A run's final value of a paper column (its summary's), or of a derived metric (`DERIVED`)."""
+    return DERIVED[metric](run) if metric in DERIVED else summary_value(run, metric)
 
 
 @dataclass(frozen=True)
@@ -85,12 +81,15 @@ class Side:
     """One side of a comparison: a row's runs on one metric (or a quoted number: `quoted`)."""
 
     label: str
-    mean: float | None  # None: no finished run with the metric
-    std: float | None  # sample standard deviation; None for fewer than two runs or a quoted number
-    count: int
+    stat: Stat | None  # None: no finished run with the metric; a quoted number is one run's, without a spread
     diverged: tuple[int, ...] = ()  # the step each diverged run of the row diverged at
     runs: int = 0  # every run of the row, diverged ones included
     quoted: bool = False
+
+    @property
+    def mean(self) -> float | None:
+        """The runs' mean (diverged runs left out), or the quoted number; None without either."""
+        return None if self.stat is None else self.stat.mean
 
     def value(self, goal: str) -> float | None:
         """The value judged: the worst possible one when a run diverged, else the mean."""
@@ -100,21 +99,17 @@ class Side:
 
     def __str__(self) -> str:
         if self.diverged:
-            steps = ", ".join(map(str, self.diverged))
-            return f"{self.label}: diverged at step {steps} ({len(self.diverged)} of {self.runs} runs)"
-        if self.mean is None:
+            return f"{self.label}: {divergence_note(self.diverged, self.runs)}"
+        if self.stat is None:
             return f"{self.label}: no runs"
         if self.quoted:
-            return f"{self.label}: {self.mean:.2f} (quoted)"
-        spread = f" ± {self.std:.2f}" if self.std is not None else ""
-        return f"{self.label}: {self.mean:.2f}{spread} (n={self.count})"
+            return f"{self.label}: {self.stat.mean:.2f} (quoted)"
+        return f"{self.label}: {self.stat.with_count()}"
 
 
 def row_side(label: str, runs: list[Run], metric: str) -> Side:
     """The statistics of `runs` (a row's reproducing runs) on `metric`; diverged runs are in no mean."""
-    values = [v for run in runs if not run.summary.get("diverged") and (v := run_value(run, metric)) is not None]
-    return Side(label, statistics.fmean(values) if values else None,
-                statistics.stdev(values) if len(values) > 1 else None, len(values), diverged_steps(runs), len(runs))
+    return Side(label, metric_stat(runs, metric, run_value), diverged_steps(runs), len(runs))
 
 
 @dataclass(frozen=True)
@@ -148,7 +143,8 @@ def compare(metric: str, relation: str, left: Side, right: Side | None, bound: f
             else FAILS  # type: ignore[operator]
         return Comparison(metric, relation, left, None, bound, 0.0, verdict)
     assert right is not None
-    known = [s.std**2 / s.count for s in (left, right) if s.std is not None and not s.diverged]
+    known = [s.stat.std**2 / s.stat.count for s in (left, right)
+             if s.stat is not None and s.stat.std is not None and not s.diverged]
     margin = max(tolerance, spread_factor * math.sqrt(sum(known)))
     lvalue, rvalue = left.value(goal), right.value(goal)
     if left.diverged and (right.diverged or relation != "worse_than"):
@@ -191,9 +187,9 @@ def judge(claim: dict[str, Any], spec: dict[str, Any], table: dict[str, Any], ro
     def sides(name: str, metric: str) -> tuple[Side, Side | None]:
         row = by_name[name]
         paper = row["paper"].get(metric)
-        paper_side = None if paper is None else Side(row["label"], paper, None, 1, quoted=True)
+        paper_side = None if paper is None else Side(row["label"], Stat(paper, None, 1), quoted=True)
         if "experiment" not in row:  # a quoted result is the same number in your report and in the paper's
-            return paper_side or Side(row["label"], None, None, 0, quoted=True), paper_side
+            return paper_side or Side(row["label"], None, quoted=True), paper_side
         row_runs = rows.get(name)
         return row_side(row["label"], row_runs.reproducing if row_runs else [], metric), paper_side
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +38,13 @@ class Stat:
     count: int
 
     def __str__(self) -> str:
-        if self.std is None:
-            return f"{self.mean:.2f}"
-        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.count})"
+        """A table's cell: one run's value alone (the line's runs column counts it), else `with_count`."""
+        return f"{self.mean:.2f}" if self.std is None else self.with_count()
+
+    def with_count(self) -> str:
+        """'77.10 ± 0.14 (n=2)', or '76.00 (n=1)': the count even of one run (a claim's side has no runs column)."""
+        spread = f" ± {self.std:.2f}" if self.std is not None else ""
+        return f"{self.mean:.2f}{spread} (n={self.count})"
 
 
 @dataclass
@@ -57,10 +62,13 @@ class Line:
 
     def diverged_note(self) -> str:
         """'diverged at step 812 (1 of 3 runs)', or '' when no run diverged."""
-        if not self.diverged:
-            return ""
-        steps = ", ".join(str(step) for step in self.diverged)
-        return f"diverged at step {steps} ({len(self.diverged)} of {self.runs} runs)"
+        return divergence_note(self.diverged, self.runs) if self.diverged else ""
+
+
+def divergence_note(steps: tuple[int, ...], runs: int) -> str:
+    """'diverged at step 812, 900 (2 of 3 runs)': the steps the diverged ones of `runs` runs diverged at, as a
+    table's line and a claim's side say it."""
+    return f"diverged at step {', '.join(map(str, steps))} ({len(steps)} of {runs} runs)"
 
 
 def sort_runs(runs: list[Run]) -> dict[str, RowRuns]:
@@ -92,10 +100,17 @@ def diverged_steps(runs: list[Run]) -> tuple[int, ...]:
     return tuple(sorted(step for run in runs if (step := run.diverged_at_step) is not None))
 
 
-def metric_stat(runs: list[Run], metric: str) -> Stat | None:
-    """The metric's mean, spread and count over the runs whose summary has it (never a diverged run's)."""
-    values = [float(run.summary[metric]) for run in runs
-              if run.summary.get(metric) is not None and not run.summary.get("diverged")]
+def summary_value(run: Run, metric: str) -> float | None:
+    """A run's final value of a metric: its summary's (None when the summary lacks it)."""
+    value = run.summary.get(metric)
+    return None if value is None else float(value)
+
+
+def metric_stat(runs: list[Run], metric: str,
+                value: Callable[[Run, str], float | None] = summary_value) -> Stat | None:
+    """The metric's mean, spread and count over the runs with a `value` of it (by default the summary's; never a
+    diverged run's)."""
+    values = [v for run in runs if not run.summary.get("diverged") and (v := value(run, metric)) is not None]
     if not values:
         return None
     return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
